@@ -1,0 +1,109 @@
+"""One stage of training, from a composed config to an output directory.
+
+`run(cfg)` builds the model (or loads the previous stage's export), the data, the stage's LightningModule, the
+trainer; fits (resuming from last.ckpt when there is one); writes the HF export and summary.json. The
+contracts of the output directory are in the README ("Outputs").
+"""
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from mimovl.data.datamodule import ShardDataModule
+from mimovl.model.build import load_hf
+from mimovl.model.export import export_hf, full_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def resolve_init(cfg: DictConfig) -> str | None:
+    """The directory this stage starts from, or None to build `cfg.model` (says which on the log)."""
+    init = cfg.stage.init_from
+    if init is None:
+        return None
+    if init == "previous":
+        path = Path(cfg.paths.run_root) / cfg.stage.previous / "hf"
+        if not (path / "config.json").exists():
+            log.warning("no %s export at %s: starting from model=%s", cfg.stage.previous, path, cfg.model._target_)
+            return None
+        return str(path)
+    if not (Path(init) / "config.json").exists():
+        raise FileNotFoundError(f"stage.init_from={init!r} is not a Qwen2.5-VL-format directory (no config.json)")
+    return str(init)
+
+
+def build_model(cfg: DictConfig):
+    """(model, processor) for this stage."""
+    init = resolve_init(cfg)
+    if init is not None:
+        log.info("starting from %s", init)
+        return load_hf(init)
+    return hydra.utils.instantiate(cfg.model)
+
+
+def stage_steps(stage: DictConfig, world_size: int) -> int:
+    """Optimizer steps from the token budget, capped by stage.max_steps."""
+    tokens_per_step = stage.seq_len * stage.batch_size * stage.accumulate * world_size
+    steps = max(1, math.ceil(float(stage.tokens) / tokens_per_step))
+    return min(steps, stage.max_steps) if stage.max_steps else steps
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    strategy = hydra.utils.instantiate(cfg.strategy) if cfg.strategy.get("_target_") else "auto"
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else False
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    trainer = hydra.utils.instantiate(cfg.trainer, strategy=strategy, logger=logger, callbacks=callbacks)
+    trainer.fit_loop.max_steps = stage_steps(cfg.stage, trainer.world_size)
+    return trainer
+
+
+def run(cfg: DictConfig) -> dict:
+    """Trains one stage; returns the summary (also written to <output_dir>/summary.json)."""
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    model, processor = build_model(cfg)
+    data = ShardDataModule(
+        sources=cfg.data.sources, mix=cfg.stage.mix, processor=processor, seq_len=cfg.stage.seq_len,
+        batch_size=cfg.stage.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers,
+        shuffle_buffer=cfg.data.shuffle_buffer, pack_buffer=cfg.data.pack_buffer, video_fps=cfg.data.video_fps,
+        max_frames=cfg.data.max_frames, root=cfg.data.root,
+        generate=OmegaConf.to_container(cfg.data.generate) if cfg.data.generate else None,
+    )
+    module = hydra.utils.instantiate(cfg.stage.module, model=model, _convert_="all")
+    trainer = build_trainer(cfg)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if cfg.resume and last.exists() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+
+    state = full_state_dict(module.model)  # a collective under FSDP2: every rank calls it
+    summary = {
+        "stage": cfg.stage.name,
+        "steps": trainer.global_step,
+        "tokens": trainer.global_step * cfg.stage.seq_len * cfg.stage.batch_size * cfg.stage.accumulate
+        * trainer.world_size,
+        "first_loss": module.loss_history[0] if module.loss_history else None,
+        "last_loss": module.loss_history[-1] if module.loss_history else None,
+        "loss_history": module.loss_history,
+        **module.data_counts,
+        "output_dir": str(output_dir),
+        "hf_dir": str(output_dir / "hf"),
+    }
+    if trainer.is_global_zero:
+        export_hf(module.model, processor, output_dir / "hf", state_dict=state)
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(f"[mimovl] {cfg.stage.name}: {summary['steps']} steps, loss {summary['first_loss']} -> "
+              f"{summary['last_loss']}; outputs in {output_dir} (HF export: {output_dir / 'hf'})")
+        if trainer.logger is not None and getattr(trainer.logger, "save_dir", None):
+            print(f"[mimovl] logs: {trainer.logger.save_dir}")
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return summary

@@ -1,0 +1,26 @@
+"""The one entry point: compose the config, train one stage, export, summarise.
+
+    python src/run.py                                 # stage 1 on the tiny model and synthetic shards
+    python src/run.py stage=s2 logger=csv             # the next stage, from s1's export
+    python src/run.py +recipe=mimo_vl stage=s3 model=mimo_vl_7b model.vit_path=... model.llm_path=...
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python src/run.py` works without installing
+
+from mimovl.train import run  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    summary = run(cfg)
+    return summary["last_loss"]  # the value Hydra sweepers optimise
+
+
+if __name__ == "__main__":
+    main()
