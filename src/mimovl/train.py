@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mimovl.data.datamodule import ShardDataModule
 from mimovl.model.build import load_hf
-from mimovl.model.export import export_hf, full_state_dict
+from mimovl.model.export import export_hf
+from mimovl.stages.sharding import full_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else False
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = hydra.utils.instantiate(cfg.trainer, strategy=strategy, logger=logger, callbacks=callbacks)
-    trainer.fit_loop.max_steps = stage_steps(cfg.stage, trainer.world_size)
+    trainer.fit_loop.epoch_loop.max_steps = stage_steps(cfg.stage, trainer.world_size)
     return trainer
 
 

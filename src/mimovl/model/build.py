@@ -75,11 +75,11 @@ def build_tiny(
     vision_intermediate_size: int = 64,
     fullatt_block_indexes: tuple[int, ...] = (1,),
     window_size: int = 112,
-    hidden_size: int = 64,
+    hidden_size: int = 128,
     num_layers: int = 2,
     num_heads: int = 4,
     num_kv_heads: int = 2,
-    intermediate_size: int = 128,
+    intermediate_size: int = 256,
     rope_theta: float = 1_000_000.0,
     max_position_embeddings: int = 4096,
     image_min_pixels: int | None = None,
@@ -90,6 +90,8 @@ def build_tiny(
     """A random-init Qwen2.5-VL with the tiny processor; the same seed gives the same weights.
 
     `vocab_size` bounds the tokenizer; the model's vocabulary is the tokenizer length rounded up to 64.
+    Keep hidden_size / num_heads (the text head_dim) at 32 or more: vLLM's CPU attention supports only
+    head sizes 32, 64, 80, 96, 112, 128, ... ("Unsupported CPU attention configuration: head_dim=16").
     """
     pixels = {k: v for k, v in (("image_min_pixels", image_min_pixels),
                                 ("image_max_pixels", image_max_pixels)) if v is not None}

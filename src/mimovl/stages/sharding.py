@@ -16,3 +16,13 @@ def shard_model(model, mesh, param_dtype: torch.dtype | None = None) -> None:
     for layer in model.model.language_model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """The whole model's weights on CPU: gathered on rank 0 when sharded (every rank must call), as is otherwise."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return model.state_dict()
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

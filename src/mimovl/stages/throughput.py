@@ -1,0 +1,17 @@
+"""Tokens per second, through Lightning's ThroughputMonitor."""
+
+from lightning.pytorch.callbacks import ThroughputMonitor
+
+
+def real_tokens(batch: dict) -> int:
+    """Non-padding tokens of a packed batch."""
+    return int((batch["segment_ids"] > 0).sum())
+
+
+def rows(batch: dict) -> int:
+    return int(batch["input_ids"].shape[0])
+
+
+def token_throughput_monitor(window_size: int = 20) -> ThroughputMonitor:
+    """Logs throughput (`train|device/items_per_sec` is real tokens per second) every step."""
+    return ThroughputMonitor(batch_size_fn=rows, length_fn=real_tokens, window_size=window_size)

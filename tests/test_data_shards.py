@@ -1,0 +1,240 @@
+"""Schema validation, synthetic tasks, shard writing (Python and JSONL CLI) and the round trip through the stream."""
+
+import copy
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mimovl.data.schema import SAMPLE_TYPES, validate
+from mimovl.data.shards import write_jsonl_shards, write_shards
+from mimovl.data.stream import mixed_stream
+from mimovl.data.synthetic import COLORS, ensure_synthetic, make_sample, write_synthetic
+
+N = 12  # samples per type in the round trip; qa and reasoning variants cycle by index, so all appear
+
+
+def read_all(shards, **kw):
+    """Every sample of `shards` once, in order (no shuffle, no frame subsampling unless asked)."""
+    kw = {"video_fps": None, "max_frames": None, **kw}
+    return list(mixed_stream({"s": {"urls": list(shards), "weight": 1.0}}, seed=0, shuffle_buffer=0, resample=False, **kw))
+
+
+def answer(sample):
+    return sample["messages"][-1]["content"][0]["text"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("synth"), n_per_type=N, shard_size=5)
+
+
+def test_round_trip_gives_back_every_sample(synth):
+    assert set(synth) == set(SAMPLE_TYPES)
+    for sample_type, shards in synth.items():
+        assert len(shards) == 3  # 12 samples, 5 per shard
+        got = read_all(shards)
+        assert [s["key"] for s in got] == [f"train_{sample_type}_{i:07d}" for i in range(N)]
+        for i, s in enumerate(got):
+            want = make_sample(sample_type, i)
+            validate(s)
+            assert s["type"] == sample_type and s["source"] == "s" and s["skipped_before"] == 0
+            assert s["messages"] == want["messages"]
+            assert s["meta"] == json.loads(json.dumps(want["meta"]))
+            assert len(s["images"]) == len(want["images"])
+            for a, b in zip(s["images"], want["images"]):
+                assert a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))  # PNG is lossless
+            assert len(s["videos"]) == len(want["videos"])
+            for a, b in zip(s["videos"], want["videos"]):
+                assert a["timestamps"] == b["timestamps"] and a["fps"] == b["fps"]
+                assert len(a["frames"]) == len(b["frames"])
+                for fa, fb in zip(a["frames"], b["frames"]):  # JPEG: close, not equal
+                    assert fa.size == fb.size
+                    assert np.abs(np.asarray(fa, float) - np.asarray(fb, float)).mean() < 3
+
+
+def test_boxes_and_answers_match_the_pixels(synth):
+    for s in read_all(synth["grounding"]):
+        box = s["meta"]["box"]
+        assert json.loads(answer(s)) == box == s["meta"]["answer"]
+        color, _ = s["meta"]["label"].split()
+        cx, cy = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
+        assert s["images"][0].getpixel((cx, cy)) == COLORS[color]
+        assert s["images"][0].getpixel((box[2] + 1, box[3] + 1)) == (255, 255, 255)
+    for s in read_all(synth["gui"]):
+        x, y = json.loads(answer(s))["point"]
+        x1, y1, x2, y2 = s["meta"]["answer"]
+        assert x1 <= x <= x2 and y1 <= y <= y2 and [x, y] == s["meta"]["point"]
+    for s in read_all(synth["video"]):
+        start, end = s["meta"]["segment"]
+        assert answer(s) == f"[00:{start:02d},00:{end:02d}]"
+        x1, y1, x2, y2 = s["meta"]["box"]
+        color, _ = s["meta"]["label"].split()
+        v = s["videos"][0]
+        for frame, t in zip(v["frames"], v["timestamps"]):
+            pixel = np.asarray(frame.getpixel(((x1 + x2) // 2, (y1 + y2) // 2)), float)
+            visible = np.abs(pixel - COLORS[color]).max() < 40
+            assert visible == (start <= t < end)
+
+
+def test_counting_ocr_and_reasoning_answers_are_right(synth):
+    qa = read_all(synth["qa"])
+    counting = [s for s in qa if s["meta"].get("task") == "counting"]
+    assert len(counting) == N // 3
+    for s in counting:
+        color, shape = s["messages"][0]["content"][1]["text"].split()[2:4]
+        objects = s["meta"]["objects"]
+        assert int(answer(s)) == s["meta"]["count"] == sum(o["color"] == color and o["shape"] + "s" == shape for o in objects)
+    for s in (s for s in qa if s["meta"].get("task") == "math"):
+        assert int(answer(s)) == eval(s["meta"]["expression"])
+    for s in read_all(synth["reasoning"]):
+        thought, final = answer(s)[len("<think>"):].split("</think>")
+        assert final == str(s["meta"]["answer"]) and thought
+        if s["meta"]["task"] == "math":
+            assert int(final) == eval(s["meta"]["expression"])
+    for s in read_all(synth["ocr"]):
+        assert answer(s) == " ".join(w["text"] for w in s["meta"]["words"])
+        for w in s["meta"]["words"]:  # dark ink inside every word box
+            assert np.asarray(s["images"][0].crop(w["box"])).min() < 100
+
+
+def test_synthetic_is_deterministic_per_seed_and_split():
+    def pixels(s):
+        return [np.asarray(im).tobytes() for im in s["images"]]
+
+    for t in SAMPLE_TYPES:
+        a, b = make_sample(t, 3), make_sample(t, 3)
+        assert a["messages"] == b["messages"] and a["meta"] == b["meta"] and pixels(a) == pixels(b)
+    differs = [make_sample(t, 3)["messages"] != make_sample(t, 3, seed=1)["messages"] for t in SAMPLE_TYPES]
+    assert sum(differs) >= 8
+    held = [make_sample(t, 3)["messages"] != make_sample(t, 3, split="heldout")["messages"] for t in SAMPLE_TYPES]
+    assert sum(held) >= 8
+
+
+def test_shards_are_byte_identical_and_ensure_is_idempotent(tmp_path):
+    a = ensure_synthetic(tmp_path / "a", n_per_type=4, types=("caption", "video"))
+    b = write_synthetic(tmp_path / "b", n_per_type=4, types=("caption", "video"))
+    for t in a:
+        assert [Path(p).read_bytes() for p in a[t]] == [Path(p).read_bytes() for p in b[t]]
+    marker = tmp_path / "a" / "train" / "DONE.json"
+    stamp = marker.stat().st_mtime_ns
+    assert ensure_synthetic(tmp_path / "a", n_per_type=4, types=("caption", "video")) == a
+    assert marker.stat().st_mtime_ns == stamp  # nothing rewritten
+    c = ensure_synthetic(tmp_path / "a", n_per_type=6, types=("caption", "video"))  # other arguments: rewritten
+    assert len(read_all(c["caption"])) == 6
+
+
+def test_write_shards_splits_by_maxcount_and_rejects_bad_samples(tmp_path):
+    samples = [make_sample("text", i) for i in range(7)]
+    paths = write_shards(samples, str(tmp_path / "t-%03d.tar"), maxcount=3, progress=False)
+    assert [Path(p).name for p in paths] == ["t-000.tar", "t-001.tar", "t-002.tar"]
+    assert [len(read_all([p])) for p in paths] == [3, 3, 1]
+    with pytest.raises(ValueError, match="duplicate key"):
+        write_shards([samples[0], samples[0]], str(tmp_path / "d-%03d.tar"), progress=False)
+    bad = make_sample("caption", 0)
+    bad["images"] = []
+    with pytest.raises(ValueError, match="1 image parts but 0 images"):
+        write_shards([bad], str(tmp_path / "b-%03d.tar"), progress=False)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.pop("meta"), "missing field 'meta'"),
+        (lambda s: s.update(type="poem"), "unknown type 'poem'"),
+        (lambda s: s.update(key="a.b"), "bad key"),
+        (lambda s: s["images"].append(s["images"][0]), "1 image parts but 2 images"),
+        (lambda s: s["messages"].reverse(), "chat roles"),
+        (lambda s: s["messages"].append(copy.deepcopy(s["messages"][-1])), "chat roles"),
+        (lambda s: s["messages"][1]["content"].append({"type": "image"}), "only user messages"),
+        (lambda s: s.update(images=[s["images"][0].convert("L")]), "RGB"),
+    ],
+)
+def test_validate_names_the_problem(change, message):
+    sample = make_sample("grounding", 0)
+    validate(sample)
+    change(sample)
+    with pytest.raises(ValueError, match=message):
+        validate(sample)
+
+
+def test_validate_documents_reasoning_and_videos():
+    doc = make_sample("interleaved", 0)
+    doc["messages"].append({"role": "document", "content": [{"type": "text", "text": "x"}]})
+    with pytest.raises(ValueError, match="exactly one 'document' message"):
+        validate(doc)
+    reasoning = make_sample("reasoning", 0)
+    reasoning["messages"][-1]["content"][0]["text"] = "56"
+    with pytest.raises(ValueError, match="<think>"):
+        validate(reasoning)
+    vid = make_sample("video", 0)
+    vid["videos"][0]["timestamps"] = vid["videos"][0]["timestamps"][:-1]
+    with pytest.raises(ValueError, match="one timestamp per frame"):
+        validate(vid)
+
+
+def test_jsonl_cli_writes_readable_shards_and_counts_bad_lines(tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    rng = np.random.default_rng(0)
+    pic = Image.fromarray(rng.integers(0, 256, (56, 84, 3), dtype=np.uint8))
+    pic.save(media / "a.png")
+    pic.save(media / "b.jpg", quality=90)
+    pic.save(media / "c.bmp")  # neither PNG nor JPEG: re-encoded as PNG
+    for k in range(4):
+        pic.rotate(90 * k).save(media / f"f{k}.jpg")
+    (media / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+    def chat(n_images=1, video=False):
+        parts = [{"type": "image"}] * n_images + ([{"type": "video"}] if video else []) + [{"type": "text", "text": "What?"}]
+        return [{"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": "That."}]}]
+
+    good = [
+        {"type": "qa", "messages": chat(), "meta": {"answer": "That."}, "media": [{"kind": "image", "path": "a.png"}]},
+        {"key": "jpeg", "type": "ocr", "messages": chat(), "media": [{"kind": "image", "path": "b.jpg"}]},
+        {"type": "qa", "messages": chat(), "media": [{"kind": "image", "path": "c.bmp"}]},
+        {"type": "video", "messages": chat(n_images=0, video=True), "meta": {"segment": [0, 1]},
+         "media": [{"kind": "video", "frames": [f"f{k}.jpg" for k in range(4)], "timestamps": [0, 0.5, 1.0, 1.5]}]},
+    ]
+    bad = [
+        "{not json",
+        json.dumps({"type": "qa", "messages": chat(), "media": [{"kind": "image", "path": "missing.png"}]}),
+        json.dumps({"type": "qa", "messages": chat(), "media": [{"kind": "image", "path": "broken.png"}]}),
+        json.dumps({"type": "qa", "messages": chat(n_images=2), "media": [{"kind": "image", "path": "a.png"}]}),
+        json.dumps({"type": "poem", "messages": chat(), "media": [{"kind": "image", "path": "a.png"}]}),
+        json.dumps({"key": "jpeg", "type": "qa", "messages": chat(), "media": [{"kind": "image", "path": "a.png"}]}),
+    ]
+    lines = [json.dumps(good[0]), bad[0], json.dumps(good[1]), bad[1], bad[2], json.dumps(good[2]), bad[3], bad[4],
+             "", json.dumps(good[3]), bad[5]]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "mimovl.data.shards", "--jsonl", str(tmp_path / "in.jsonl"), "--media-root", str(media),
+         "--out", str(tmp_path / "out" / "shard-%06d.tar"), "--maxcount", "3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "wrote 4 samples to 2 shards; skipped 6 bad lines" in cli.stderr
+    for lineno in (2, 4, 5, 7, 8, 11):
+        assert f"line {lineno}:" in cli.stderr
+
+    shards = sorted(str(p) for p in (tmp_path / "out").glob("*.tar"))
+    got = read_all(shards)
+    assert [s["key"] for s in got] == ["in_00000001", "jpeg", "in_00000006", "in_00000010"]
+    assert got[0]["meta"] == {"answer": "That."} and got[1]["meta"] == {}
+    assert np.array_equal(np.asarray(got[0]["images"][0]), np.asarray(pic))
+    assert np.array_equal(np.asarray(got[2]["images"][0]), np.asarray(pic))
+    video = got[3]["videos"][0]
+    assert video["timestamps"] == [0, 0.5, 1.0, 1.5] and video["fps"] == 2.0 and len(video["frames"]) == 4
+    with tarfile.open(shards[0]) as tar:  # JPEG stored as given, not re-encoded
+        assert tar.extractfile("jpeg.img0.jpg").read() == (media / "b.jpg").read_bytes()
+
+    # the same conversion from Python reports the same lines
+    paths, written, skipped = write_jsonl_shards(tmp_path / "in.jsonl", media, str(tmp_path / "py" / "s-%02d.tar"))
+    assert written == 4 and [n for n, _ in skipped] == [2, 4, 5, 7, 8, 11] and len(paths) == 1
+    assert "duplicate key 'jpeg'" in skipped[-1][1]
