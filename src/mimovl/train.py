@@ -39,9 +39,8 @@ def resolve_init(cfg: DictConfig) -> str | None:
     return str(init)
 
 
-def build_model(cfg: DictConfig):
-    """(model, processor) for this stage."""
-    init = resolve_init(cfg)
+def build_model(cfg: DictConfig, init: str | None):
+    """(model, processor) for this stage: loaded from `init`, or built from cfg.model."""
     if init is not None:
         log.info("starting from %s", init)
         return load_hf(init)
@@ -69,7 +68,8 @@ def run(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    model, processor = build_model(cfg)
+    init = resolve_init(cfg)
+    model, processor = build_model(cfg, init)
     data = ShardDataModule(
         sources=cfg.data.sources, mix=cfg.stage.mix, processor=processor, seq_len=cfg.stage.seq_len,
         batch_size=cfg.stage.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers,
@@ -88,6 +88,7 @@ def run(cfg: DictConfig) -> dict:
     state = full_state_dict(module.model)  # a collective under FSDP2: every rank calls it
     summary = {
         "stage": cfg.stage.name,
+        "init_from": init or cfg.model._target_,
         "steps": trainer.global_step,
         "tokens": trainer.global_step * cfg.stage.seq_len * cfg.stage.batch_size * cfg.stage.accumulate
         * trainer.world_size,

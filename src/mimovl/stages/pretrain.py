@@ -51,7 +51,7 @@ class PretrainModule(pl.LightningModule):
                 f" lr has {sorted(lr)}"
             )
         self.save_hyperparameters(ignore=["model"])
-        self.model = model
+        self.model = model.train()  # from_pretrained returns eval mode
         # Per-step global mean loss and data counters, kept in checkpoints so a resumed run reports the whole run.
         self.loss_history: list[float] = []
         self.data_counts = {"skipped": 0, "too_long": 0}

@@ -1,0 +1,24 @@
+"""Running stages in-process from the shipped configs, for tests."""
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from mimovl.train import run
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_run(tmp: Path, *overrides: str):
+    """The composed config for a quick CPU run writing under tmp (data under tmp/data unless overridden)."""
+    base = [
+        f"paths.runs_dir={tmp / 'runs'}", f"paths.data_dir={tmp / 'data'}", "logger=csv",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "data.generate.n_per_type=48", "stage.seq_len=512", "stage.batch_size=2",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=base + list(overrides))
+
+
+def run_stage(tmp: Path, *overrides: str) -> dict:
+    return run(compose_run(tmp, *overrides))

@@ -1,0 +1,205 @@
+"""The streaming reader: corrupt data, frame subsampling, weighted mixing, determinism, rank and worker splits."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+
+from mimovl.data.shards import _encode_media, _record, write_shards
+from mimovl.data.stream import CorruptSample, decode_sample, mixed_stream, sample_frames
+from mimovl.data.synthetic import make_sample, write_synthetic
+
+
+def take(stream, n=None):
+    """The first n samples (all if n is None)."""
+    return list(islice(stream, n))
+
+
+def keys(stream, n=None):
+    return [s["key"] for s in take(stream, n)]
+
+
+def loader(ds, num_workers):
+    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """caption: 4 shards of 8 (train_caption_*), text: 2 shards of 8."""
+    root = tmp_path_factory.mktemp("synth")
+    return {**write_synthetic(root, n_per_type=32, shard_size=8, types=("caption",)),
+            **write_synthetic(root, n_per_type=16, shard_size=8, types=("text",))}
+
+
+def record(i, **changes):
+    s = make_sample("caption", i)
+    r = _record(s["key"], s["type"], s["messages"], s["meta"], _encode_media(s, "png"))
+    r.update(changes)
+    return r
+
+
+def corrupt_shard(path: Path, first: int) -> set[str]:
+    """Good samples around a bad image, broken JSON, a missing json member and a truncated final member.
+    Returns the good keys; the shard holds 4 bad samples."""
+    good = [first, first + 2, first + 4, first + 6]
+    with wds.TarWriter(str(path)) as w:
+        w.write(record(first))
+        w.write(record(first + 1, **{"img0.png": b"\x89PNG\r\n\x1a\nnot an image"}))
+        w.write(record(first + 2))
+        w.write(record(first + 3, json=b'{"type": "caption", "messages": ['))
+        w.write(record(first + 4))
+        missing = record(first + 5)
+        del missing["json"]
+        w.write(missing)
+        w.write(record(first + 6))
+        w.write(record(first + 7))
+    with tarfile.open(path) as tar:
+        last = tar.getmembers()[-1]  # the last sample's json
+    os.truncate(path, last.offset_data + last.size // 2)
+    return {f"train_caption_{i:07d}" for i in good}
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
+    good = corrupt_shard(tmp_path / "bad-0.tar", 0)
+    ds = mixed_stream({"c": {"urls": str(tmp_path / "bad-0.tar"), "weight": 1}}, seed=0, shuffle_buffer=0, resample=False)
+    got = list(ds)
+    assert {s["key"] for s in got} == good and len(got) == 4
+    assert sum(s["skipped_before"] for s in got) == 4
+    assert [s["skipped_before"] for s in got] == [0, 1, 1, 2]  # the truncated last one counts on the last yield
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped sample")]
+    assert len(skipped) == 4 and all("bad-0.tar" in m for m in skipped)
+    assert any("train_caption_0000003" in m and "JSONDecodeError" in m for m in skipped)
+
+
+def test_skip_counts_flow_through_dataloader_workers(tmp_path):
+    good = corrupt_shard(tmp_path / "bad-0.tar", 0) | corrupt_shard(tmp_path / "bad-1.tar", 100)
+    ds = mixed_stream({"c": {"urls": str(tmp_path / "bad-{0..1}.tar"), "weight": 1}}, seed=0, shuffle_buffer=4,
+                      resample=False)
+    got = list(loader(ds, num_workers=2))
+    assert {s["key"] for s in got} == good and len(got) == 8
+    assert sum(s["skipped_before"] for s in got) == 8
+
+
+def test_decode_sample_names_key_and_reason():
+    with pytest.raises(CorruptSample, match=r"key k7: ValueError: missing member KEY.img0.png"):
+        raw = {"__key__": "k7", "__url__": "x.tar", "json": record(0)["json"]}
+        decode_sample(raw, "src")
+    raw = {"__key__": "k7", "__url__": "x.tar", **{k: v for k, v in record(0).items() if k != "__key__"}}
+    header = json.loads(raw["json"])
+    header["type"] = "poem"
+    with pytest.raises(CorruptSample, match="shard x.tar key k7: ValueError: .*unknown type 'poem'"):
+        decode_sample({**raw, "json": json.dumps(header).encode()}, "src")
+
+
+def test_sample_frames_exact_values():
+    four_fps = [k / 4 for k in range(16)]  # 0, 0.25, ..., 3.75
+    assert sample_frames(four_fps, 2.0, None) == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert sample_frames(four_fps, 2.0, 4) == [0, 5, 10, 15]  # 4 ticks over 0..3.75: 0, 1.25, 2.5, 3.75
+    assert sample_frames(four_fps, 1.0, None) == [0, 4, 8, 12]
+    assert sample_frames(four_fps, None, None) == list(range(16))
+    assert sample_frames([0, 1, 2, 3, 4], 2.0, None) == [0, 1, 2, 3, 4]  # slower than the target: all kept
+    thirty = [k / 30 for k in range(300)]  # 10 s at 30 fps
+    assert sample_frames(thirty, 2.0, 256) == list(range(0, 300, 15))
+    long = [k / 2 for k in range(600)]  # 300 s at 2 fps: 600 ticks, capped
+    picked = sample_frames(long, 2.0, 256)
+    assert len(picked) == 256 and picked[0] == 0 and picked[-1] == 599
+    assert sample_frames([], 2.0, 256) == []
+
+
+def test_video_is_subsampled_at_read_time(tmp_path):
+    sample = next(s for s in (make_sample("video", i) for i in range(50)) if len(s["videos"][0]["frames"]) == 16)
+    paths = write_shards([sample], str(tmp_path / "v-%02d.tar"), progress=False)
+    ds = mixed_stream({"v": {"urls": paths, "weight": 1}}, seed=0, shuffle_buffer=0, resample=False,
+                      video_fps=1.0, max_frames=5)
+    (got,) = list(ds)
+    video = got["videos"][0]
+    # 1 fps over 0..7.5 s gives 8 ticks; the cap spreads 5 over the span instead
+    assert video["timestamps"] == [0.0, 2.0, 4.0, 5.5, 7.5]
+    assert len(video["frames"]) == 5 and video["fps"] == pytest.approx(4 / 7.5)
+    (got,) = list(mixed_stream({"v": {"urls": paths, "weight": 1}}, seed=0, shuffle_buffer=0, resample=False,
+                               video_fps=1.0, max_frames=256))
+    assert got["videos"][0]["timestamps"] == [float(t) for t in range(8)] and got["videos"][0]["fps"] == 1.0
+
+
+def test_weights_set_the_share(synth):
+    sources = {"caption": {"urls": synth["caption"], "weight": 3.0}, "text": {"urls": synth["text"], "weight": 1.0}}
+    got = [s["source"] for s in take(mixed_stream(sources, seed=0, shuffle_buffer=16), 2000)]
+    assert abs(Counter(got)["caption"] / 2000 - 0.75) < 0.03
+
+
+def test_same_seed_same_sequence_other_seed_differs(synth):
+    sources = {"caption": {"urls": synth["caption"], "weight": 3.0}, "text": {"urls": synth["text"], "weight": 1.0}}
+    a = keys(mixed_stream(sources, seed=0, shuffle_buffer=16), 300)
+    assert a == keys(mixed_stream(sources, seed=0, shuffle_buffer=16), 300)
+    assert a != keys(mixed_stream(sources, seed=1, shuffle_buffer=16), 300)
+    assert len(set(a)) == 48  # resampling covers everything
+    one_pass = keys(mixed_stream(sources, seed=0, shuffle_buffer=16, resample=False))
+    assert sorted(one_pass) == sorted(set(one_pass)) and len(one_pass) == 48
+    assert one_pass == keys(mixed_stream(sources, seed=0, shuffle_buffer=16, resample=False))
+
+
+@pytest.mark.slow
+def test_same_sequence_in_fresh_processes_with_workers_and_ranks(synth):
+    """Seeds must not depend on Python's per-process hash salt: a fresh interpreter gives the same sequence."""
+    sources = {"c": {"urls": synth["caption"], "weight": 3.0}, "t": {"urls": synth["text"], "weight": 1.0}}
+    script = (
+        "import sys, json, torch; from mimovl.data.stream import mixed_stream\n"
+        f"ds = mixed_stream({sources!r}, seed=7, shuffle_buffer=8, rank=1, world_size=2)\n"
+        "it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2))\n"
+        "print(json.dumps([next(it)['key'] for _ in range(60)]))\n"
+    )
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONHASHSEED": "1"})  # this process has a random salt
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    ds = mixed_stream(sources, seed=7, shuffle_buffer=8, rank=1, world_size=2)
+    assert json.loads(fresh.stdout) == keys(loader(ds, num_workers=2), 60)
+
+
+def test_ranks_read_disjoint_shards_in_one_pass(synth, monkeypatch):
+    urls = synth["caption"]  # 4 shards of 8
+    by_args = [keys(mixed_stream({"c": {"urls": urls, "weight": 1}}, seed=0, shuffle_buffer=4, resample=False,
+                                 rank=r, world_size=2)) for r in (0, 1)]
+    by_env = []
+    for r in (0, 1):
+        monkeypatch.setenv("RANK", str(r))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        by_env.append(keys(mixed_stream({"c": {"urls": urls, "weight": 1}}, seed=0, shuffle_buffer=4, resample=False)))
+    assert by_env == by_args
+    shards_of = [{int(k[-7:]) // 8 for k in ks} for ks in by_args]  # 8 samples per shard, in key order
+    assert len(by_args[0]) == len(by_args[1]) == 16
+    assert not set(by_args[0]) & set(by_args[1]) and not shards_of[0] & shards_of[1]
+    assert len(set(by_args[0]) | set(by_args[1])) == 32
+
+
+def test_workers_read_disjoint_shards_in_one_pass(synth):
+    ds = mixed_stream({"c": {"urls": synth["caption"], "weight": 1}}, seed=0, shuffle_buffer=4, resample=False,
+                      rank=0, world_size=1)
+    got = keys(loader(ds, num_workers=2))
+    assert len(got) == 32 and len(set(got)) == 32
+
+
+def test_one_shard_feeds_every_rank_and_worker_when_resampling(synth):
+    one = {"t": {"urls": synth["text"][:1], "weight": 1}}
+    for rank in (0, 1):
+        got = keys(mixed_stream(one, seed=0, shuffle_buffer=4, rank=rank, world_size=2), 40)
+        assert len(got) == 40 and len(set(got)) == 8
+    # no shuffle: both workers read the same single shard in the same order, so the loader alternates them
+    got = keys(loader(mixed_stream(one, seed=0, shuffle_buffer=0, rank=0, world_size=1), num_workers=2), 40)
+    assert got[0::2] == got[1::2] and len(set(got)) == 8
+    # one pass cannot share a shard: rank 1 of 2 gets nothing (eval should give every rank a shard)
+    assert keys(mixed_stream(one, seed=0, shuffle_buffer=0, resample=False, rank=1, world_size=2)) == []
+
+
+def test_bad_source_specs_fail_fast(tmp_path):
+    with pytest.raises(FileNotFoundError, match="source 'x': 2 shards missing"):
+        mixed_stream({"x": {"urls": str(tmp_path / "nope-{0..1}.tar"), "weight": 1}}, seed=0, shuffle_buffer=0)
+    with pytest.raises(ValueError, match="weights must be positive"):
+        mixed_stream({"x": {"urls": [__file__], "weight": 0}}, seed=0, shuffle_buffer=0)

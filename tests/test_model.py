@@ -1,0 +1,270 @@
+"""Processor, tiny model, composition (ViT + fresh projector + LLM) and per-part training."""
+
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
+
+from mimovl.model import (
+    DEFAULT_SYSTEM_PROMPT,
+    MIMO_VL_7B,
+    build_tiny,
+    build_tiny_processor,
+    compose,
+    load_hf,
+    load_processor,
+    param_groups,
+    part_of,
+    set_trainable,
+)
+from mimovl.model.build import mrope_section
+from mimovl.model.compose import check_shapes
+from mimovl.model.processor import SPECIAL_TOKENS, THINK_TOKENS
+
+LLM_HIDDEN, LLM_ROPE_THETA = 96, 10_000.0  # differ from the ViT dir's LLM so carrying them over is visible
+
+
+def image_prompt(processor, text="How many red circles?"):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------------------------------------- processor
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_tiny_processor()
+
+
+def test_tokens_special_and_think_ordered_after_bpe(processor):
+    tok = processor.tokenizer
+    ids = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS + THINK_TOKENS]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # Qwen2-VL's order, right after the BPE vocabulary
+    assert ids[-1] == len(tok) - 1 and len(tok) <= 1024
+    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    text = "<think>2 + 3 = 5</think>The answer is [1, 2, 3, 4].<|im_end|>"
+    assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text.removesuffix("<|im_end|>")
+    assert tok.decode(tok(text)["input_ids"]) == text
+
+
+def test_chat_template_default_system_prompt_and_parts(processor):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "Hi"}]}]
+    assert processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
+        f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>Hi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert processor.apply_chat_template(own, tokenize=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    )
+
+
+def test_processor_expands_image_tokens(processor, make_image, tmp_path):
+    batch = processor(text=[image_prompt(processor)], images=[make_image()], return_tensors="pt")
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 12]]  # 112x168 pixels / patch 14
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    is_image = batch["input_ids"][0] == image_id
+    assert is_image.sum().item() == 8 * 12 // 4  # one token per 2x2 merged patches
+    assert torch.equal(batch["mm_token_type_ids"][0].bool(), is_image)
+    assert batch["pixel_values"].shape == (8 * 12, 3 * 2 * 14 * 14)
+
+    processor.save_pretrained(tmp_path)
+    again = load_processor(tmp_path)(text=[image_prompt(processor)], images=[make_image()], return_tensors="pt")
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+
+
+# ---------------------------------------------------------------------------------------------- tiny model
+
+
+def test_build_tiny_is_seeded_and_sized():
+    a, _ = build_tiny(seed=0)
+    b, _ = build_tiny(seed=0)
+    c, _ = build_tiny(seed=1)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
+    text = a.config.text_config
+    assert text.rope_parameters["mrope_section"] == [4, 6, 6]  # head_dim 32 -> 16 rotary pairs
+    assert a.config.vision_config.out_hidden_size == text.hidden_size
+    assert text.vocab_size % 64 == 0 and next(a.parameters()).dtype == torch.float32
+    assert mrope_section(128) == [16, 24, 24]  # Qwen2.5-VL-7B / MiMo-VL-7B
+
+
+def test_load_hf_names_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_hf(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_hf(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- compose
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """(vit_dir, llm_dir, vit_source_model, llm_source_model): a tiny Qwen2.5-VL and a tiny Qwen2 LLM
+    whose safetensors also carry fake MTP tensors, as MiMo-7B-Base does."""
+    root = tmp_path_factory.mktemp("sources")
+    vl, processor = build_tiny(seed=1)
+    vl.save_pretrained(root / "vit")
+    processor.save_pretrained(root / "vit")
+
+    config = Qwen2Config(
+        vocab_size=vl.config.text_config.vocab_size, hidden_size=LLM_HIDDEN, intermediate_size=192,
+        num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1, rope_theta=LLM_ROPE_THETA,
+        max_position_embeddings=2048, tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        llm = Qwen2ForCausalLM(config).eval()
+    llm.save_pretrained(root / "llm")
+    processor.tokenizer.save_pretrained(root / "llm")
+    weights = load_file(root / "llm" / "model.safetensors")
+    weights["model.mtp_layers.0.input_proj.weight"] = torch.randn(LLM_HIDDEN, 2 * LLM_HIDDEN)
+    weights["model.mtp_layers.0.final_layernorm.weight"] = torch.ones(LLM_HIDDEN)
+    save_file(weights, root / "llm" / "model.safetensors", metadata={"format": "pt"})
+    return root / "vit", root / "llm", vl.eval(), llm
+
+
+@pytest.fixture(scope="module")
+def composed(sources):
+    vit_dir, llm_dir, _, _ = sources
+    model, processor = compose(vit_dir, llm_dir, seed=0, dtype="float32")
+    return model.eval(), processor
+
+
+def test_compose_takes_vit_and_llm_weights_bitwise(sources, composed):
+    _, _, vl, llm = sources
+    model, _ = composed
+    got = model.state_dict()
+    vit = {k: v for k, v in vl.state_dict().items() if k.startswith("model.visual.") and ".merger." not in k}
+    assert len(vit) == 25 and all(torch.equal(got[k], v) for k, v in vit.items())
+    for name, value in llm.state_dict().items():
+        ours = name if name.startswith("lm_head.") else "model.language_model." + name.removeprefix("model.")
+        assert torch.equal(got[ours], value), name
+    n_llm = sum(p.numel() for n, p in model.named_parameters() if part_of(n) == "llm")
+    assert n_llm == sum(p.numel() for p in llm.parameters())  # nothing extra, MTP included
+    assert not any("mtp" in k for k in got)
+
+
+def test_compose_projector_is_fresh_and_seeded(sources, composed, caplog):
+    model, _ = composed
+    merger = {k: v for k, v in model.state_dict().items() if ".merger." in k}
+    assert merger["model.visual.merger.mlp.2.weight"].shape == (LLM_HIDDEN, 4 * 32)  # into the LLM's width
+    assert torch.equal(merger["model.visual.merger.ln_q.weight"], torch.ones(32))
+    assert merger["model.visual.merger.mlp.0.bias"].abs().max() == 0
+    assert abs(merger["model.visual.merger.mlp.0.weight"].std().item() - 0.02) < 0.002  # initializer_range
+
+    vit_dir, llm_dir, _, _ = sources
+    with caplog.at_level(logging.INFO, logger="mimovl.model.compose"):
+        same, _ = compose(vit_dir, llm_dir, seed=0, dtype="float32")
+        other, _ = compose(vit_dir, llm_dir, seed=1, dtype="float32")
+    key = "model.visual.merger.mlp.0.weight"
+    assert torch.equal(same.state_dict()[key], merger[key])
+    assert not torch.equal(other.state_dict()[key], merger[key])
+    assert "model.mtp_layers.0.input_proj.weight" in caplog.text  # the drop is logged by name
+
+
+def test_compose_config_from_components(sources, composed):
+    _, _, vl, _ = sources
+    model, processor = composed
+    text, vision = model.config.text_config, model.config.vision_config
+    assert (text.hidden_size, text.num_attention_heads, text.num_key_value_heads) == (LLM_HIDDEN, 3, 1)
+    assert text.rope_parameters["rope_theta"] == LLM_ROPE_THETA
+    assert text.rope_parameters["mrope_section"] == [4, 6, 6]
+    assert vision.out_hidden_size == LLM_HIDDEN and vision.depth == vl.config.vision_config.depth
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+
+def test_compose_text_logits_equal_source_llm(sources, composed):
+    """Parity against transformers' reference forward of the LLM we started from."""
+    _, _, _, llm = sources
+    model, processor = composed
+    ids = processor.tokenizer(["A small red circle is at the left of the image, 3 of 7."], return_tensors="pt")
+    with torch.no_grad():
+        ours = model(input_ids=ids["input_ids"]).logits
+        reference = llm(input_ids=ids["input_ids"]).logits
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_compose_image_forward_equals_reloaded(composed, make_image, tmp_path):
+    model, processor = composed
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    prompt = image_prompt(processor)
+    batch = processor(text=[prompt], images=[make_image(seed=0)], return_tensors="pt")
+    other = processor(text=[prompt], images=[make_image(seed=1)], return_tensors="pt")
+    with torch.no_grad():
+        ours, theirs = model(**batch).logits, reloaded(**batch).logits
+        ours_other = model(**other).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    assert (ours - ours_other).abs().max() > 1e-3  # the image reaches the logits through the projector
+
+
+def test_compose_errors_name_the_problem(sources, tmp_path):
+    vit_dir, llm_dir, _, _ = sources
+    with pytest.raises(FileNotFoundError, match="no_such_vit"):
+        compose(tmp_path / "no_such_vit", llm_dir)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        compose(vit_dir, tmp_path)
+    with pytest.raises(ValueError, match=r"vision\.depth: expected 32, got 2") as err:
+        compose(vit_dir, llm_dir, expect_shapes=True)
+    assert "llm.hidden_size: expected 4096, got 96" in str(err.value)
+
+    broken = tmp_path / "llm"
+    broken.mkdir()
+    for f in llm_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = load_file(broken / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(KeyError, match=r"model\.language_model\.layers\.1\.mlp\.up_proj\.weight"):
+        compose(vit_dir, broken, dtype="float32")
+
+
+def test_check_shapes_accepts_the_paper_shapes():
+    check_shapes(dict(MIMO_VL_7B["vision"]), dict(MIMO_VL_7B["llm"]))
+    with pytest.raises(ValueError, match=r"llm\.num_key_value_heads: expected 8, got 4"):
+        check_shapes(dict(MIMO_VL_7B["vision"]), MIMO_VL_7B["llm"] | {"num_key_value_heads": 4})
+
+
+# ---------------------------------------------------------------------------------------------- parts
+
+
+def test_part_of_names():
+    assert part_of("model.visual.blocks.0.attn.qkv.weight") == "vit"
+    assert part_of("model.visual.patch_embed.proj.weight") == "vit"
+    assert part_of("model.visual.merger.mlp.0.weight") == "projector"
+    assert part_of("model.language_model.layers.0.mlp.up_proj.weight") == "llm"
+    assert part_of("lm_head.weight") == "llm"
+    assert part_of("model.model.visual.merger.ln_q.weight") == "projector"  # inside a LightningModule
+    with pytest.raises(ValueError, match="rope_deltas"):
+        part_of("rope_deltas")
+
+
+def test_set_trainable_and_param_groups():
+    model, _ = build_tiny()
+    total = {p: sum(x.numel() for n, x in model.named_parameters() if part_of(n) == p)
+             for p in ("vit", "projector", "llm")}
+
+    counts = set_trainable(model, ["projector"])  # stage 1
+    assert counts == {"vit": 0, "projector": total["projector"], "llm": 0}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if ".merger." in n}
+
+    set_trainable(model, ["vit", "projector"])  # stage 2: two learning rates
+    groups = param_groups(model, {"projector": 1e-4, "vit": 1e-5, "llm": 0.0}, weight_decay=0.1)
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in groups] == [("vit", 1e-5, 0.1), ("projector", 1e-4, 0.1)]
+    assert [sum(p.numel() for p in g["params"]) for g in groups] == [total["vit"], total["projector"]]
+
+    set_trainable(model, ["vit", "projector", "llm"])
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == sum(total.values())
+    with pytest.raises(ValueError, match="'decoder'"):
+        set_trainable(model, ["llm", "decoder"])
+    with pytest.raises(KeyError, match="llm"):
+        param_groups(model, {"vit": 1e-5, "projector": 1e-4}, weight_decay=0.0)
