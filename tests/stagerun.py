@@ -14,8 +14,10 @@ def compose_run(tmp: Path, *overrides: str):
     base = [
         f"paths.runs_dir={tmp / 'runs'}", f"paths.data_dir={tmp / 'data'}", "logger=csv",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "data.generate.n_per_type=48", "stage.seq_len=512", "stage.batch_size=2",
+        "stage.seq_len=512", "stage.batch_size=2",
     ]
+    if not any(o.startswith("data=") for o in overrides):
+        base.append("data.generate.n_per_type=48")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=base + list(overrides))
 

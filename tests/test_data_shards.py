@@ -1,9 +1,7 @@
-"""Schema validation, synthetic tasks, shard writing (Python and JSONL CLI) and the round trip through the stream."""
+"""Schema checks, synthetic tasks, shard writing (Python, JSONL CLI), the round trip through the stream."""
 
 import copy
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mimovl.data.schema import SAMPLE_TYPES, validate
-from mimovl.data.shards import write_jsonl_shards, write_shards
+from mimovl.data.shards import main, write_jsonl_shards, write_shards
 from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import COLORS, ensure_synthetic, make_sample, write_synthetic
 
@@ -22,7 +20,11 @@ N = 12  # samples per type in the round trip; qa and reasoning variants cycle by
 def read_all(shards, **kw):
     """Every sample of `shards` once, in order (no shuffle, no frame subsampling unless asked)."""
     kw = {"video_fps": None, "max_frames": None, **kw}
-    return list(mixed_stream({"s": {"urls": list(shards), "weight": 1.0}}, seed=0, shuffle_buffer=0, resample=False, **kw))
+    return list(
+        mixed_stream(
+            {"s": {"urls": list(shards), "weight": 1.0}}, seed=0, shuffle_buffer=0, resample=False, **kw
+        )
+    )
 
 
 def answer(sample):
@@ -89,11 +91,15 @@ def test_counting_ocr_and_reasoning_answers_are_right(synth):
     for s in counting:
         color, shape = s["messages"][0]["content"][1]["text"].split()[2:4]
         objects = s["meta"]["objects"]
-        assert int(answer(s)) == s["meta"]["count"] == sum(o["color"] == color and o["shape"] + "s" == shape for o in objects)
+        assert (
+            int(answer(s))
+            == s["meta"]["count"]
+            == sum(o["color"] == color and o["shape"] + "s" == shape for o in objects)
+        )
     for s in (s for s in qa if s["meta"].get("task") == "math"):
         assert int(answer(s)) == eval(s["meta"]["expression"])
     for s in read_all(synth["reasoning"]):
-        thought, final = answer(s)[len("<think>"):].split("</think>")
+        thought, final = answer(s)[len("<think>") :].split("</think>")
         assert final == str(s["meta"]["answer"]) and thought
         if s["meta"]["task"] == "math":
             assert int(final) == eval(s["meta"]["expression"])
@@ -112,7 +118,9 @@ def test_synthetic_is_deterministic_per_seed_and_split():
         assert a["messages"] == b["messages"] and a["meta"] == b["meta"] and pixels(a) == pixels(b)
     differs = [make_sample(t, 3)["messages"] != make_sample(t, 3, seed=1)["messages"] for t in SAMPLE_TYPES]
     assert sum(differs) >= 8
-    held = [make_sample(t, 3)["messages"] != make_sample(t, 3, split="heldout")["messages"] for t in SAMPLE_TYPES]
+    held = [
+        make_sample(t, 3)["messages"] != make_sample(t, 3, split="heldout")["messages"] for t in SAMPLE_TYPES
+    ]
     assert sum(held) >= 8
 
 
@@ -125,7 +133,8 @@ def test_shards_are_byte_identical_and_ensure_is_idempotent(tmp_path):
     stamp = marker.stat().st_mtime_ns
     assert ensure_synthetic(tmp_path / "a", n_per_type=4, types=("caption", "video")) == a
     assert marker.stat().st_mtime_ns == stamp  # nothing rewritten
-    c = ensure_synthetic(tmp_path / "a", n_per_type=6, types=("caption", "video"))  # other arguments: rewritten
+    # other arguments: rewritten
+    c = ensure_synthetic(tmp_path / "a", n_per_type=6, types=("caption", "video"))
     assert len(read_all(c["caption"])) == 6
 
 
@@ -178,11 +187,11 @@ def test_validate_documents_reasoning_and_videos():
         validate(vid)
 
 
-def test_jsonl_cli_writes_readable_shards_and_counts_bad_lines(tmp_path):
+def test_jsonl_cli_writes_readable_shards_and_counts_bad_lines(tmp_path, capsys):
     media = tmp_path / "media"
     media.mkdir()
     y, x = np.mgrid[0:56, 0:84]
-    pic = Image.fromarray(np.stack([x * 3, y * 4, x + y], axis=-1).astype(np.uint8))  # smooth: JPEG stays close
+    pic = Image.fromarray(np.stack([x * 3, y * 4, x + y], axis=-1).astype(np.uint8))  # smooth, for JPEG
     pic.save(media / "a.png")
     pic.save(media / "b.jpg", quality=90)
     pic.save(media / "c.bmp")  # neither PNG nor JPEG: re-encoded as PNG
@@ -191,37 +200,76 @@ def test_jsonl_cli_writes_readable_shards_and_counts_bad_lines(tmp_path):
     (media / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
 
     def chat(n_images=1, video=False):
-        parts = [{"type": "image"}] * n_images + ([{"type": "video"}] if video else []) + [{"type": "text", "text": "What?"}]
-        return [{"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": "That."}]}]
+        parts = (
+            [{"type": "image"}] * n_images
+            + ([{"type": "video"}] if video else [])
+            + [{"type": "text", "text": "What?"}]
+        )
+        return [
+            {"role": "user", "content": parts},
+            {"role": "assistant", "content": [{"type": "text", "text": "That."}]},
+        ]
 
     good = [
-        {"type": "qa", "messages": chat(), "meta": {"answer": "That."}, "media": [{"kind": "image", "path": "a.png"}]},
+        {
+            "type": "qa",
+            "messages": chat(),
+            "meta": {"answer": "That."},
+            "media": [{"kind": "image", "path": "a.png"}],
+        },
         {"key": "jpeg", "type": "ocr", "messages": chat(), "media": [{"kind": "image", "path": "b.jpg"}]},
         {"type": "qa", "messages": chat(), "media": [{"kind": "image", "path": "c.bmp"}]},
-        {"type": "video", "messages": chat(n_images=0, video=True), "meta": {"segment": [0, 1]},
-         "media": [{"kind": "video", "frames": [f"f{k}.jpg" for k in range(4)], "timestamps": [0, 0.5, 1.0, 1.5]}]},
+        {
+            "type": "video",
+            "messages": chat(n_images=0, video=True),
+            "meta": {"segment": [0, 1]},
+            "media": [
+                {"kind": "video", "frames": [f"f{k}.jpg" for k in range(4)], "timestamps": [0, 0.5, 1.0, 1.5]}
+            ],
+        },
     ]
     bad = [
         "{not json",
         json.dumps({"type": "qa", "messages": chat(), "media": [{"kind": "image", "path": "missing.png"}]}),
         json.dumps({"type": "qa", "messages": chat(), "media": [{"kind": "image", "path": "broken.png"}]}),
-        json.dumps({"type": "qa", "messages": chat(n_images=2), "media": [{"kind": "image", "path": "a.png"}]}),
+        json.dumps(
+            {"type": "qa", "messages": chat(n_images=2), "media": [{"kind": "image", "path": "a.png"}]}
+        ),
         json.dumps({"type": "poem", "messages": chat(), "media": [{"kind": "image", "path": "a.png"}]}),
-        json.dumps({"key": "jpeg", "type": "qa", "messages": chat(), "media": [{"kind": "image", "path": "a.png"}]}),
+        json.dumps(
+            {"key": "jpeg", "type": "qa", "messages": chat(), "media": [{"kind": "image", "path": "a.png"}]}
+        ),
     ]
-    lines = [json.dumps(good[0]), bad[0], json.dumps(good[1]), bad[1], bad[2], json.dumps(good[2]), bad[3], bad[4],
-             "", json.dumps(good[3]), bad[5]]
+    lines = [
+        json.dumps(good[0]),
+        bad[0],
+        json.dumps(good[1]),
+        bad[1],
+        bad[2],
+        json.dumps(good[2]),
+        bad[3],
+        bad[4],
+        "",
+        json.dumps(good[3]),
+        bad[5],
+    ]
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
 
-    cli = subprocess.run(
-        [sys.executable, "-m", "mimovl.data.shards", "--jsonl", str(tmp_path / "in.jsonl"), "--media-root", str(media),
-         "--out", str(tmp_path / "out" / "shard-%06d.tar"), "--maxcount", "3"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert cli.returncode == 0, cli.stderr
-    assert "wrote 4 samples to 2 shards; skipped 6 bad lines" in cli.stderr
+    argv = [
+        "--jsonl",
+        str(tmp_path / "in.jsonl"),
+        "--media-root",
+        str(media),
+        "--out",
+        str(tmp_path / "out" / "shard-%06d.tar"),
+        "--maxcount",
+        "3",
+    ]
+    assert main(argv) == 0
+    report = capsys.readouterr().err
+    assert "wrote 4 samples to 2 shards; skipped 6 bad lines" in report
     for lineno in (2, 4, 5, 7, 8, 11):
-        assert f"line {lineno}:" in cli.stderr
+        assert f"line {lineno}:" in report
 
     shards = sorted(str(p) for p in (tmp_path / "out").glob("*.tar"))
     got = read_all(shards)
@@ -237,6 +285,8 @@ def test_jsonl_cli_writes_readable_shards_and_counts_bad_lines(tmp_path):
         assert tar.extractfile("jpeg.img0.jpg").read() == (media / "b.jpg").read_bytes()
 
     # the same conversion from Python reports the same lines
-    paths, written, skipped = write_jsonl_shards(tmp_path / "in.jsonl", media, str(tmp_path / "py" / "s-%02d.tar"))
+    paths, written, skipped = write_jsonl_shards(
+        tmp_path / "in.jsonl", media, str(tmp_path / "py" / "s-%02d.tar")
+    )
     assert written == 4 and [n for n, _ in skipped] == [2, 4, 5, 7, 8, 11] and len(paths) == 1
     assert "duplicate key 'jpeg'" in skipped[-1][1]

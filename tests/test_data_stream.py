@@ -1,4 +1,4 @@
-"""The streaming reader: corrupt data, frame subsampling, weighted mixing, determinism, rank and worker splits."""
+"""The stream reader: corrupt data, frame subsampling, weighted mixing, determinism, rank/worker splits."""
 
 import json
 import os
@@ -35,8 +35,10 @@ def loader(ds, num_workers):
 def synth(tmp_path_factory):
     """caption: 4 shards of 8 (train_caption_*), text: 2 shards of 8."""
     root = tmp_path_factory.mktemp("synth")
-    return {**write_synthetic(root, n_per_type=32, shard_size=8, types=("caption",)),
-            **write_synthetic(root, n_per_type=16, shard_size=8, types=("text",))}
+    return {
+        **write_synthetic(root, n_per_type=32, shard_size=8, types=("caption",)),
+        **write_synthetic(root, n_per_type=16, shard_size=8, types=("text",)),
+    }
 
 
 def record(i, **changes):
@@ -69,11 +71,14 @@ def corrupt_shard(path: Path, first: int) -> set[str]:
 
 def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
     good = corrupt_shard(tmp_path / "bad-0.tar", 0)
-    ds = mixed_stream({"c": {"urls": str(tmp_path / "bad-0.tar"), "weight": 1}}, seed=0, shuffle_buffer=0, resample=False)
+    ds = mixed_stream(
+        {"c": {"urls": str(tmp_path / "bad-0.tar"), "weight": 1}}, seed=0, shuffle_buffer=0, resample=False
+    )
     got = list(ds)
     assert {s["key"] for s in got} == good and len(got) == 4
     assert sum(s["skipped_before"] for s in got) == 4
-    assert [s["skipped_before"] for s in got] == [0, 1, 1, 2]  # the truncated last one counts on the last yield
+    # bad samples sit before good ones 2, 3, 4; the truncated last one is added to the last yield
+    assert [s["skipped_before"] for s in got] == [0, 1, 1, 2]
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped sample")]
     assert len(skipped) == 4 and all("bad-0.tar" in m for m in skipped)
     assert any("train_caption_0000003" in m and "JSONDecodeError" in m for m in skipped)
@@ -81,8 +86,12 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
 
 def test_skip_counts_flow_through_dataloader_workers(tmp_path):
     good = corrupt_shard(tmp_path / "bad-0.tar", 0) | corrupt_shard(tmp_path / "bad-1.tar", 100)
-    ds = mixed_stream({"c": {"urls": str(tmp_path / "bad-{0..1}.tar"), "weight": 1}}, seed=0, shuffle_buffer=4,
-                      resample=False)
+    ds = mixed_stream(
+        {"c": {"urls": str(tmp_path / "bad-{0..1}.tar"), "weight": 1}},
+        seed=0,
+        shuffle_buffer=4,
+        resample=False,
+    )
     got = list(loader(ds, num_workers=2))
     assert {s["key"] for s in got} == good and len(got) == 8
     assert sum(s["skipped_before"] for s in got) == 8
@@ -115,28 +124,51 @@ def test_sample_frames_exact_values():
 
 
 def test_video_is_subsampled_at_read_time(tmp_path):
-    sample = next(s for s in (make_sample("video", i) for i in range(50)) if len(s["videos"][0]["frames"]) == 16)
+    sample = next(
+        s for s in (make_sample("video", i) for i in range(50)) if len(s["videos"][0]["frames"]) == 16
+    )
     paths = write_shards([sample], str(tmp_path / "v-%02d.tar"), progress=False)
-    ds = mixed_stream({"v": {"urls": paths, "weight": 1}}, seed=0, shuffle_buffer=0, resample=False,
-                      video_fps=1.0, max_frames=5)
+    ds = mixed_stream(
+        {"v": {"urls": paths, "weight": 1}},
+        seed=0,
+        shuffle_buffer=0,
+        resample=False,
+        video_fps=1.0,
+        max_frames=5,
+    )
     (got,) = list(ds)
     video = got["videos"][0]
-    # 1 fps over 0..7.5 s gives 8 ticks; the cap spreads 5 over the span instead
-    assert video["timestamps"] == [0.0, 2.0, 4.0, 5.5, 7.5]
+    # 1 fps over 0..7.5 s gives 8 ticks, over the cap: 5 ticks 0, 1.875, 3.75, 5.625, 7.5 instead,
+    # each taking the nearest frame (a tie takes the earlier one)
+    assert video["timestamps"] == [0.0, 2.0, 3.5, 5.5, 7.5]
     assert len(video["frames"]) == 5 and video["fps"] == pytest.approx(4 / 7.5)
-    (got,) = list(mixed_stream({"v": {"urls": paths, "weight": 1}}, seed=0, shuffle_buffer=0, resample=False,
-                               video_fps=1.0, max_frames=256))
+    (got,) = list(
+        mixed_stream(
+            {"v": {"urls": paths, "weight": 1}},
+            seed=0,
+            shuffle_buffer=0,
+            resample=False,
+            video_fps=1.0,
+            max_frames=256,
+        )
+    )
     assert got["videos"][0]["timestamps"] == [float(t) for t in range(8)] and got["videos"][0]["fps"] == 1.0
 
 
 def test_weights_set_the_share(synth):
-    sources = {"caption": {"urls": synth["caption"], "weight": 3.0}, "text": {"urls": synth["text"], "weight": 1.0}}
+    sources = {
+        "caption": {"urls": synth["caption"], "weight": 3.0},
+        "text": {"urls": synth["text"], "weight": 1.0},
+    }
     got = [s["source"] for s in take(mixed_stream(sources, seed=0, shuffle_buffer=16), 2000)]
     assert abs(Counter(got)["caption"] / 2000 - 0.75) < 0.03
 
 
 def test_same_seed_same_sequence_other_seed_differs(synth):
-    sources = {"caption": {"urls": synth["caption"], "weight": 3.0}, "text": {"urls": synth["text"], "weight": 1.0}}
+    sources = {
+        "caption": {"urls": synth["caption"], "weight": 3.0},
+        "text": {"urls": synth["text"], "weight": 1.0},
+    }
     a = keys(mixed_stream(sources, seed=0, shuffle_buffer=16), 300)
     assert a == keys(mixed_stream(sources, seed=0, shuffle_buffer=16), 300)
     assert a != keys(mixed_stream(sources, seed=1, shuffle_buffer=16), 300)
@@ -148,7 +180,7 @@ def test_same_seed_same_sequence_other_seed_differs(synth):
 
 @pytest.mark.slow
 def test_same_sequence_in_fresh_processes_with_workers_and_ranks(synth):
-    """Seeds must not depend on Python's per-process hash salt: a fresh interpreter gives the same sequence."""
+    """Seeds must not depend on Python's per-process hash salt: a fresh interpreter gives the same keys."""
     sources = {"c": {"urls": synth["caption"], "weight": 3.0}, "t": {"urls": synth["text"], "weight": 1.0}}
     script = (
         "import sys, json, torch; from mimovl.data.stream import mixed_stream\n"
@@ -156,8 +188,10 @@ def test_same_sequence_in_fresh_processes_with_workers_and_ranks(synth):
         "it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2))\n"
         "print(json.dumps([next(it)['key'] for _ in range(60)]))\n"
     )
-    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "PYTHONHASHSEED": "1"})  # this process has a random salt
+    env = {**os.environ, "PYTHONHASHSEED": "1"}  # this process has a random salt
+    fresh = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     ds = mixed_stream(sources, seed=7, shuffle_buffer=8, rank=1, world_size=2)
     assert json.loads(fresh.stdout) == keys(loader(ds, num_workers=2), 60)
@@ -165,13 +199,26 @@ def test_same_sequence_in_fresh_processes_with_workers_and_ranks(synth):
 
 def test_ranks_read_disjoint_shards_in_one_pass(synth, monkeypatch):
     urls = synth["caption"]  # 4 shards of 8
-    by_args = [keys(mixed_stream({"c": {"urls": urls, "weight": 1}}, seed=0, shuffle_buffer=4, resample=False,
-                                 rank=r, world_size=2)) for r in (0, 1)]
+    by_args = [
+        keys(
+            mixed_stream(
+                {"c": {"urls": urls, "weight": 1}},
+                seed=0,
+                shuffle_buffer=4,
+                resample=False,
+                rank=r,
+                world_size=2,
+            )
+        )
+        for r in (0, 1)
+    ]
     by_env = []
     for r in (0, 1):
         monkeypatch.setenv("RANK", str(r))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        by_env.append(keys(mixed_stream({"c": {"urls": urls, "weight": 1}}, seed=0, shuffle_buffer=4, resample=False)))
+        by_env.append(
+            keys(mixed_stream({"c": {"urls": urls, "weight": 1}}, seed=0, shuffle_buffer=4, resample=False))
+        )
     assert by_env == by_args
     shards_of = [{int(k[-7:]) // 8 for k in ks} for ks in by_args]  # 8 samples per shard, in key order
     assert len(by_args[0]) == len(by_args[1]) == 16
@@ -180,8 +227,14 @@ def test_ranks_read_disjoint_shards_in_one_pass(synth, monkeypatch):
 
 
 def test_workers_read_disjoint_shards_in_one_pass(synth):
-    ds = mixed_stream({"c": {"urls": synth["caption"], "weight": 1}}, seed=0, shuffle_buffer=4, resample=False,
-                      rank=0, world_size=1)
+    ds = mixed_stream(
+        {"c": {"urls": synth["caption"], "weight": 1}},
+        seed=0,
+        shuffle_buffer=4,
+        resample=False,
+        rank=0,
+        world_size=1,
+    )
     got = keys(loader(ds, num_workers=2))
     assert len(got) == 32 and len(set(got)) == 32
 
@@ -200,6 +253,8 @@ def test_one_shard_feeds_every_rank_and_worker_when_resampling(synth):
 
 def test_bad_source_specs_fail_fast(tmp_path):
     with pytest.raises(FileNotFoundError, match="source 'x': 2 shards missing"):
-        mixed_stream({"x": {"urls": str(tmp_path / "nope-{0..1}.tar"), "weight": 1}}, seed=0, shuffle_buffer=0)
+        mixed_stream(
+            {"x": {"urls": str(tmp_path / "nope-{0..1}.tar"), "weight": 1}}, seed=0, shuffle_buffer=0
+        )
     with pytest.raises(ValueError, match="weights must be positive"):
         mixed_stream({"x": {"urls": [__file__], "weight": 0}}, seed=0, shuffle_buffer=0)

@@ -1,18 +1,18 @@
 """Processor, tiny model, composition (ViT + fresh projector + LLM) and per-part training."""
 
+import json
 import logging
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
 
 from mimovl.model import (
     DEFAULT_SYSTEM_PROMPT,
     MIMO_VL_7B,
     build_tiny,
     build_tiny_processor,
-    compose,
     load_hf,
     load_processor,
     param_groups,
@@ -20,7 +20,7 @@ from mimovl.model import (
     set_trainable,
 )
 from mimovl.model.build import mrope_section
-from mimovl.model.compose import check_shapes
+from mimovl.model.compose import check_shapes, compose, compose_config
 from mimovl.model.processor import SPECIAL_TOKENS, THINK_TOKENS
 
 LLM_HIDDEN, LLM_ROPE_THETA = 96, 10_000.0  # differ from the ViT dir's LLM so carrying them over is visible
@@ -51,7 +51,8 @@ def test_tokens_special_and_think_ordered_after_bpe(processor):
 
 
 def test_chat_template_default_system_prompt_and_parts(processor):
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "Hi"}]}]
+    parts = [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "Hi"}]
+    messages = [{"role": "user", "content": parts}]
     assert processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
         f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>Hi<|im_end|>\n"
@@ -73,7 +74,8 @@ def test_processor_expands_image_tokens(processor, make_image, tmp_path):
     assert batch["pixel_values"].shape == (8 * 12, 3 * 2 * 14 * 14)
 
     processor.save_pretrained(tmp_path)
-    again = load_processor(tmp_path)(text=[image_prompt(processor)], images=[make_image()], return_tensors="pt")
+    reloaded = load_processor(tmp_path)
+    again = reloaded(text=[image_prompt(processor)], images=[make_image()], return_tensors="pt")
     assert all(torch.equal(batch[k], again[k]) for k in batch)
 
 
@@ -183,7 +185,8 @@ def test_compose_text_logits_equal_source_llm(sources, composed):
     """Parity against transformers' reference forward of the LLM we started from."""
     _, _, _, llm = sources
     model, processor = composed
-    ids = processor.tokenizer(["A small red circle is at the left of the image, 3 of 7."], return_tensors="pt")
+    text = "A small red circle is at the left of the image, 3 of 7."
+    ids = processor.tokenizer([text], return_tensors="pt")
     with torch.no_grad():
         ours = model(input_ids=ids["input_ids"]).logits
         reference = llm(input_ids=ids["input_ids"]).logits
@@ -259,7 +262,8 @@ def test_set_trainable_and_param_groups():
 
     set_trainable(model, ["vit", "projector"])  # stage 2: two learning rates
     groups = param_groups(model, {"projector": 1e-4, "vit": 1e-5, "llm": 0.0}, weight_decay=0.1)
-    assert [(g["name"], g["lr"], g["weight_decay"]) for g in groups] == [("vit", 1e-5, 0.1), ("projector", 1e-4, 0.1)]
+    summary = [(g["name"], g["lr"], g["weight_decay"]) for g in groups]
+    assert summary == [("vit", 1e-5, 0.1), ("projector", 1e-4, 0.1)]
     assert [sum(p.numel() for p in g["params"]) for g in groups] == [total["vit"], total["projector"]]
 
     set_trainable(model, ["vit", "projector", "llm"])
@@ -268,3 +272,49 @@ def test_set_trainable_and_param_groups():
         set_trainable(model, ["llm", "decoder"])
     with pytest.raises(KeyError, match="llm"):
         param_groups(model, {"vit": 1e-5, "projector": 1e-4}, weight_decay=0.0)
+
+
+# ---------------------------------------------------------------------------------------------- 7B shapes
+
+# The config.json layouts of Qwen2.5-VL-7B-Instruct (flat text fields, legacy vision keys) and MiMo-7B-Base
+# (model_type "mimo", an MTP layer), written out so the 7B path is checked without the weights.
+QWEN25_VL_7B_CONFIG = {
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+    "hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28, "num_hidden_layers": 28,
+    "num_key_value_heads": 4, "vocab_size": 152064, "rope_theta": 1000000.0,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "torch_dtype": "bfloat16",
+    "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+    "vision_config": {
+        "depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+        "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2,
+        "spatial_patch_size": 14, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2, "temporal_patch_size": 2,
+    },
+}
+MIMO_7B_BASE_CONFIG = {
+    "architectures": ["MiMoForCausalLM"], "model_type": "mimo", "hidden_act": "silu", "hidden_size": 4096,
+    "intermediate_size": 11008, "max_position_embeddings": 32768, "num_attention_heads": 32,
+    "num_hidden_layers": 36, "num_key_value_heads": 8, "num_nextn_predict_layers": 1, "rms_norm_eps": 1e-05,
+    "rope_theta": 640000, "tie_word_embeddings": False, "vocab_size": 151680, "use_sliding_window": False,
+}
+
+
+def test_paper_scale_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(QWEN25_VL_7B_CONFIG))
+    vision = Qwen2_5_VLConfig.from_pretrained(tmp_path).vision_config.to_dict()
+    check_shapes(vision, MIMO_7B_BASE_CONFIG)  # the real component configs pass expect_shapes
+    config = compose_config(vision, MIMO_7B_BASE_CONFIG, build_tiny_processor().tokenizer)
+    assert config.text_config.rope_parameters == {
+        "rope_type": "default", "rope_theta": 640000, "mrope_section": [16, 24, 24]}
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes["model.visual.merger.mlp.0.weight"] == (5120, 5120)  # 2x2 merged 1280-wide patches
+    assert shapes["model.visual.merger.mlp.2.weight"] == (4096, 5120)  # into MiMo-7B's width
+    assert shapes["lm_head.weight"] == (151680, 4096)
+    counts = {part: sum(p.numel() for n, p in model.named_parameters() if part_of(n) == part)
+              for part in ("vit", "projector", "llm")}
+    assert counts["projector"] == 1280 + (5120 * 5120 + 5120) + (5120 * 4096 + 4096)  # RMSNorm, 2 Linear
+    layer = 4096 * (4096 + 2 * 1024) + (4096 + 2 * 1024) + 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
+    assert counts["llm"] == 36 * layer + 2 * 151680 * 4096 + 4096  # layers, embed + lm_head, final norm
+    assert counts["vit"] == 631_975_680  # Qwen2.5-ViT without its merger

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
@@ -10,6 +11,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from mimovl.model.build import build_tiny
 from mimovl.model.parts import part_of
 from stagerun import run_stage
+from test_data_stream import corrupt_shard
 
 pytestmark = pytest.mark.slow
 STEPS = 12
@@ -60,3 +62,42 @@ def test_frozen_parts_are_bit_identical(chain):
         if part == "llm":
             assert torch.equal(s2[name], s1[name]), f"stage 2 changed frozen {name}"
     assert changed == {"s1": {"projector"}, "s2": {"vit", "projector"}}
+
+
+class StopAtStep(pl.Callback):
+    """Ends a fit early at a given step, the way a preempted job would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_resume_from_last_checkpoint_continues_exactly(tmp_path):
+    common = ["stage=s3", "stage.max_steps=6", "callbacks.checkpoint.every_n_train_steps=3"]
+    straight = run_stage(tmp_path / "straight", *common)
+    stopped = run_stage(tmp_path / "resumed", *common, "+callbacks.stop._target_=test_train.StopAtStep",
+                        "+callbacks.stop.step=3")
+    assert stopped["steps"] == 3
+    resumed = run_stage(tmp_path / "resumed", *common)
+    assert resumed["steps"] == straight["steps"] == 6
+    assert resumed["loss_history"][:3] == stopped["loss_history"]
+    assert resumed["loss_history"] == pytest.approx(straight["loss_history"], abs=1e-6)
+    a, b = in_memory(straight["hf_dir"]), in_memory(resumed["hf_dir"])
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_corrupt_samples_are_skipped_counted_and_training_finishes(tmp_path):
+    shard = tmp_path / "bad-000000.tar"
+    good = corrupt_shard(shard, 0)
+    summary = run_stage(
+        tmp_path, "data=shards", f"+data.sources.caption={shard}", "data.num_workers=1", "stage.max_steps=3",
+        "stage.seq_len=256", "stage.batch_size=1", "data.shuffle_buffer=1", "data.pack_buffer=2",
+    )
+    assert summary["steps"] == 3
+    # Each pass over the shard yields the good samples and skips the 4 bad ones.
+    passes = summary["skipped"] / 4
+    assert summary["skipped"] >= 4 and passes == int(passes), summary["skipped"]
+    assert len(good) == 4

@@ -29,9 +29,9 @@ def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     value = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
-    return value
+    if isinstance(value, torch.dtype):
+        return value
+    raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
 
 
 def mrope_section(head_dim: int) -> list[int]:
@@ -99,20 +99,22 @@ def build_tiny(
     tokenizer = processor.tokenizer
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2_5_VLConfig(
-        vision_config=dict(
-            depth=vision_depth, hidden_size=vision_hidden_size, num_heads=vision_heads,
-            intermediate_size=vision_intermediate_size, fullatt_block_indexes=list(fullatt_block_indexes),
-            window_size=window_size, out_hidden_size=hidden_size, patch_size=PATCH_SIZE,
-            spatial_merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE, hidden_act="silu",
-        ),
-        text_config=dict(
-            vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=hidden_size, num_hidden_layers=num_layers,
-            num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-            intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
-                             "mrope_section": mrope_section(hidden_size // num_heads)},
-            bos_token_id=eot, eos_token_id=tokenizer.eos_token_id, pad_token_id=eot,
-        ),
+        vision_config={
+            "depth": vision_depth, "hidden_size": vision_hidden_size, "num_heads": vision_heads,
+            "intermediate_size": vision_intermediate_size, "hidden_act": "silu",
+            "fullatt_block_indexes": list(fullatt_block_indexes), "window_size": window_size,
+            "out_hidden_size": hidden_size, "patch_size": PATCH_SIZE, "spatial_merge_size": MERGE_SIZE,
+            "temporal_patch_size": TEMPORAL_PATCH_SIZE,
+        },
+        text_config={
+            "vocab_size": -(-len(tokenizer) // 64) * 64, "hidden_size": hidden_size,
+            "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
+            "num_key_value_heads": num_kv_heads, "intermediate_size": intermediate_size,
+            "max_position_embeddings": max_position_embeddings,
+            "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta,
+                                "mrope_section": mrope_section(hidden_size // num_heads)},
+            "bos_token_id": eot, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": eot,
+        },
         tie_word_embeddings=False,
         **token_ids(tokenizer),
     )

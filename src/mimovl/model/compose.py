@@ -4,7 +4,8 @@
 
 - ViT: `visual.*` (or `model.visual.*`) tensors of a Qwen2.5-VL-format directory, except `merger.*`.
 - LLM: a Qwen2-format causal-LM directory (Qwen2ForCausalLM, MiMoForCausalLM): `model.embed_tokens`,
-  `model.layers.*`, `model.norm`, `lm_head`. Multi-token-prediction tensors (names containing `mtp`) are dropped.
+  `model.layers.*`, `model.norm`, `lm_head`. Multi-token-prediction tensors (names containing `mtp`)
+  are dropped.
 - Projector: Qwen2.5-VL's patch merger (`visual.merger.*`), freshly initialised from `seed`.
 Weights are read straight from safetensors into a model allocated once (meta device, then `to_empty`), so
 a 7B composition holds one copy of the weights, not two.
@@ -99,6 +100,23 @@ def text_config_from_llm(llm: dict) -> dict:
     return text
 
 
+def compose_config(
+    vision: dict, llm: dict, tokenizer, tie_word_embeddings: bool = False
+) -> Qwen2_5_VLConfig:
+    """The composed model's config: the ViT's vision config projecting into the LLM's width, the LLM's
+    text config with MRoPE, and token ids from `tokenizer`."""
+    vision = dict(vision) | {"out_hidden_size": llm["hidden_size"]}
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text = text_config_from_llm(llm) | {
+        "bos_token_id": eot, "pad_token_id": eot,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    }
+    return Qwen2_5_VLConfig(
+        vision_config=vision, text_config=text, tie_word_embeddings=tie_word_embeddings,
+        **token_ids(tokenizer),
+    )
+
+
 def _build_processor(vit_path: Path, tokenizer_path: Path) -> Qwen2_5_VLProcessor:
     """Tokenizer from `tokenizer_path`, image (and video) processor from the ViT directory."""
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
@@ -108,7 +126,8 @@ def _build_processor(vit_path: Path, tokenizer_path: Path) -> Qwen2_5_VLProcesso
     except (OSError, ValueError):  # ViT directory without a video processor config
         video_processor = Qwen2VLVideoProcessor()
     # A text LLM's template knows no images; keep the tokenizer's own only when it does.
-    template = tokenizer.chat_template if "<|image_pad|>" in (tokenizer.chat_template or "") else CHAT_TEMPLATE
+    own = tokenizer.chat_template
+    template = own if isinstance(own, str) and "<|image_pad|>" in own else CHAT_TEMPLATE
     tokenizer.chat_template = template
     return Qwen2_5_VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
@@ -117,14 +136,15 @@ def _build_processor(vit_path: Path, tokenizer_path: Path) -> Qwen2_5_VLProcesso
 
 
 def _vit_tensors(vit_path: Path):
-    """(in-memory name, lazy tensor getter) for every ViT tensor except the merger; and the merger names."""
+    """(in-memory name -> (file, key)) for every ViT tensor except the merger; and the merger's keys."""
     found, skipped = {}, []
     for file in _safetensors_files(vit_path):
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                rest = key.removeprefix("model.").removeprefix("visual.") if "visual." in key else None
-                if rest is None or not key.removeprefix("model.").startswith("visual."):
+            for key in f.keys():  # noqa: SIM118 (safe_open has keys() but is not iterable)
+                name = key.removeprefix("model.")  # saved as `visual.*`, or `model.visual.*` by some writers
+                if not name.startswith("visual."):
                     continue
+                rest = name.removeprefix("visual.")
                 if rest.startswith("merger."):
                     skipped.append(key)
                 else:
@@ -137,7 +157,7 @@ def _llm_tensors(llm_path: Path):
     found, dropped = {}, []
     for file in _safetensors_files(llm_path):
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open has keys() but is not iterable)
                 if "mtp" in key:
                     dropped.append(key)
                 elif key.startswith("lm_head."):
@@ -199,18 +219,10 @@ def compose(
         raise ValueError(f"tokenizer at {tokenizer_path} has {len(tokenizer)} tokens, more than the LLM's "
                          f"vocab_size {llm_config['vocab_size']}")
 
-    vision = vit_config.to_dict()
-    vision["out_hidden_size"] = llm_config["hidden_size"]  # the projector maps into the LLM's width
-    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    text = text_config_from_llm(llm_config) | {
-        "bos_token_id": eot, "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"), "pad_token_id": eot,
-    }
     vit_sources, merger_keys = _vit_tensors(vit_path)
     llm_sources, dropped = _llm_tensors(llm_path)
     tied = "lm_head.weight" not in llm_sources and bool(llm_config.get("tie_word_embeddings", False))
-    config = Qwen2_5_VLConfig(
-        vision_config=vision, text_config=text, tie_word_embeddings=tied, **token_ids(tokenizer)
-    )
+    config = compose_config(vit_config.to_dict(), llm_config, tokenizer, tie_word_embeddings=tied)
 
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(config)
@@ -233,7 +245,7 @@ def compose(
 
     log.info("compose: loaded %d ViT tensors from %s and %d LLM tensors from %s", len(vit_sources),
              vit_path, len(llm_sources), llm_path)
-    log.info("compose: dropped %d tensors (%d of the ViT dir's merger, LLM: %s)", len(merger_keys) + len(dropped),
-             len(merger_keys), dropped[:8])
+    log.info("compose: dropped %d tensors (%d of the ViT dir's merger, LLM: %s)",
+             len(merger_keys) + len(dropped), len(merger_keys), dropped[:8])
     log.info("compose: fresh projector (seed %d): %s", seed, fresh)
     return model, processor

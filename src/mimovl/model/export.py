@@ -75,6 +75,6 @@ def _strip_wrapper_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     """Names as Qwen2_5_VLForConditionalGeneration has them, whatever module wrapped it."""
     names = list(state_dict)
     for prefix in ("_orig_mod.", "model."):
-        if names and all(n.startswith(prefix + "model.") or n.startswith(prefix + "lm_head.") for n in names):
+        if names and all(n.startswith((prefix + "model.", prefix + "lm_head.")) for n in names):
             return {n.removeprefix(prefix): v for n, v in state_dict.items()}
     return dict(state_dict)

@@ -36,7 +36,8 @@ def check_parts(parts: Iterable[str]) -> list[str]:
 
 
 def set_trainable(model: nn.Module, parts: Iterable[str]) -> dict[str, int]:
-    """Train exactly `parts` (requires_grad on), freeze the rest. Returns trainable parameter counts per part."""
+    """Train exactly `parts` (requires_grad on), freeze the rest. Returns trainable parameter counts
+    per part."""
     parts = set(check_parts(parts))
     counts = dict.fromkeys(PARTS, 0)
     for name, param in model.named_parameters():

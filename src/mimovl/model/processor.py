@@ -17,8 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from tokenizers import AddedToken, Regex
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoProcessor, Qwen2_5_VLProcessor, Qwen2Tokenizer, Qwen2VLImageProcessor
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -73,16 +72,19 @@ CHAT_TEMPLATE = (
 
 PATCH_SIZE, MERGE_SIZE, TEMPORAL_PATCH_SIZE = 14, 2, 2
 PIXEL_FACTOR = PATCH_SIZE * MERGE_SIZE  # image sides are resized to multiples of 28
-# Tiny defaults: a 56x56 image is 4 patches -> 1 token after the 2x2 merge; 224x224 is 64 patches -> 16 tokens.
+# Tiny defaults: a 56x56 image is 4 patches -> 1 token after the 2x2 merge; 224x224 is 256 patches
+# -> 64 tokens.
 TINY_MIN_PIXELS = 56 * 56
 TINY_MAX_PIXELS = 224 * 224
 
 _WORDS = {
-    "colour": "red green blue yellow black white orange purple gray brown pink".split(),
-    "shape": "circle square triangle rectangle star box line dot ring cross".split(),
-    "size": "small large tiny big wide tall short long".split(),
-    "place": "left right top bottom center middle corner above below near".split(),
-    "object": "image picture photo video frame page text chart table object cat dog car tree person".split(),
+    "colour": ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "gray", "brown",
+               "pink"],
+    "shape": ["circle", "square", "triangle", "rectangle", "star", "box", "line", "dot", "ring", "cross"],
+    "size": ["small", "large", "tiny", "big", "wide", "tall", "short", "long"],
+    "place": ["left", "right", "top", "bottom", "center", "middle", "corner", "above", "below", "near"],
+    "object": ["image", "picture", "photo", "video", "frame", "page", "text", "chart", "table", "object",
+               "cat", "dog", "car", "tree", "person"],
 }
 _TEMPLATES = (
     "A {size} {colour} {shape} is at the {place} of the {object}.",

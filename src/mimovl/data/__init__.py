@@ -1,0 +1,1 @@
+"""Data: the sample schema, shard writing and streaming, synthetic data, processing and packing."""

@@ -1,0 +1,115 @@
+"""The LightningDataModule: shard streams -> encoded samples -> packed rows -> batches.
+
+The stream is deterministic for a given seed, world size and worker count, so an exact resume re-reads it and
+skips the batches the checkpointed run already trained on (`state_dict` records how many). That costs one
+pass of reading and packing over the skipped part, and no model compute.
+"""
+
+import functools
+import glob
+import itertools
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+from braceexpand import braceexpand
+from torch.utils.data import DataLoader, IterableDataset
+
+from mimovl.data.encode import encode
+from mimovl.data.packing import collate_rows, pack_rows
+from mimovl.data.stream import mixed_stream
+from mimovl.data.synthetic import ensure_synthetic
+
+log = logging.getLogger(__name__)
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """Shard paths from a brace and/or glob pattern, sorted; raises naming the pattern when it matches none."""
+    paths = sorted(p for part in braceexpand(pattern) for p in (glob.glob(part) or ([part] if Path(part).exists() else [])))
+    if not paths:
+        raise FileNotFoundError(f"no shard matches {pattern!r}")
+    return paths
+
+
+class PackedStream(IterableDataset):
+    """Packed rows from a weighted mix of shard sources (runs inside each DataLoader worker)."""
+
+    def __init__(self, sources: dict, processor, seq_len: int, pack_buffer: int, **stream_args):
+        self.sources, self.processor = sources, processor
+        self.seq_len, self.pack_buffer, self.stream_args = seq_len, pack_buffer, stream_args
+
+    def __iter__(self):
+        samples = mixed_stream(self.sources, **self.stream_args)
+        encoded = (encode(sample, self.processor) for sample in samples)
+        return pack_rows(encoded, self.seq_len, self.pack_buffer)
+
+
+class SkipBatches:
+    """Iterates a DataLoader, dropping its first `skip` batches once (exact resume)."""
+
+    def __init__(self, loader: DataLoader, skip: int):
+        self.loader, self.skip = loader, skip
+
+    def __iter__(self):
+        # A generator, so the skip happens on the first batch drawn: Lightning calls iter() once just to
+        # check the loader is iterable, and that call must not use up the skip.
+        skip, self.skip = self.skip, 0
+        if skip:
+            log.info("resuming the data stream: skipping %d batches already trained on", skip)
+        yield from itertools.islice(iter(self.loader), skip, None)
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Training batches for one stage.
+
+    Args:
+        sources: source name -> shard pattern (brace and glob patterns).
+        mix: source name -> sampling weight; only these sources are read.
+        processor: the model's Qwen2.5-VL processor.
+        seq_len, batch_size: packed row length and rows per device per micro-step.
+        generate: settings for `ensure_synthetic` under `root`, or None for real data.
+    """
+
+    def __init__(
+        self, sources: dict, mix: dict, processor, seq_len: int, batch_size: int, seed: int = 0,
+        num_workers: int = 1, shuffle_buffer: int = 200, pack_buffer: int = 64, video_fps: float = 2.0,
+        max_frames: int = 256, root: str | None = None, generate: dict | None = None,
+    ):
+        super().__init__()
+        unknown = sorted(set(mix) - set(sources))
+        if unknown:
+            raise KeyError(f"stage.mix names sources that data.sources does not define: {unknown}")
+        self.sources, self.mix, self.processor = dict(sources), dict(mix), processor
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.num_workers, self.shuffle_buffer, self.pack_buffer = num_workers, shuffle_buffer, pack_buffer
+        self.video_fps, self.max_frames = video_fps, max_frames
+        self.root, self.generate = root, generate
+        self.batches_to_skip = 0
+
+    def prepare_data(self) -> None:
+        if self.generate:
+            ensure_synthetic(self.root, **self.generate, seed=self.seed)
+
+    def train_dataloader(self) -> SkipBatches:
+        sources = {
+            name: {"urls": expand_shards(self.sources[name]), "weight": weight}
+            for name, weight in self.mix.items() if weight > 0
+        }
+        dataset = PackedStream(
+            sources, self.processor, self.seq_len, self.pack_buffer, seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer, video_fps=self.video_fps, max_frames=self.max_frames,
+        )
+        pad_id = self.processor.tokenizer.pad_token_id
+        loader = DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+            collate_fn=functools.partial(collate_rows, seq_len=self.seq_len, pad_id=pad_id),
+            persistent_workers=False,
+        )
+        return SkipBatches(loader, self.batches_to_skip)
+
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        return {"batches_consumed": trainer.global_step * trainer.accumulate_grad_batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches_to_skip = int(state.get("batches_consumed", 0))

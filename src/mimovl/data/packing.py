@@ -1,0 +1,100 @@
+"""Packing encoded samples into fixed-length rows, and collating rows into a batch.
+
+A packed row holds several whole samples back to back; `segment_ids` numbers them 1, 2, ... and marks the
+padding at the end with 0. The model never lets one sample attend to another and gives each sample its own
+MRoPE positions (`mimovl.stages.packed`), so a packed row computes exactly what its samples compute one by
+one. A sample longer than the row is dropped and counted, never cut: a cut through an image's tokens breaks it.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from mimovl.data.encode import IGNORE, Encoded
+from mimovl.data.schema import SAMPLE_TYPES
+
+# Vision tensors, concatenated over the samples of a batch in order (the model consumes them in that order).
+VISION_FIELDS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+@dataclass
+class Row:
+    """One packed sequence: whole samples, plus the corrupt and too-long samples skipped on the way."""
+
+    samples: list[Encoded] = field(default_factory=list)
+    skipped: int = 0
+    too_long: int = 0
+
+    @property
+    def length(self) -> int:
+        return sum(len(s) for s in self.samples)
+
+
+def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator[Row]:
+    """Groups samples into rows of at most seq_len tokens (best fit over a window of `buffer` samples).
+
+    Each row is filled with the longest held sample that still fits, which keeps rows nearly full while
+    reordering the stream by at most `buffer` samples. Deterministic for a deterministic input.
+    """
+    held: list[Encoded] = []
+    skipped = too_long = 0
+    stream = iter(samples)
+    exhausted = False
+    while True:
+        while not exhausted and len(held) < buffer:
+            sample = next(stream, None)
+            if sample is None:
+                exhausted = True
+                continue
+            skipped += sample.skipped
+            if len(sample) > seq_len:
+                too_long += 1
+            else:
+                held.append(sample)
+        if not held:
+            return
+        row, space = Row(skipped=skipped, too_long=too_long), seq_len
+        skipped = too_long = 0
+        while fitting := [s for s in held if len(s) <= space]:
+            pick = max(fitting, key=len)
+            held.remove(pick)
+            row.samples.append(pick)
+            space -= len(pick)
+        yield row
+
+
+def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Stacks packed rows into a batch of fixed shape (B, seq_len), padding each row at its end.
+
+    Returns input_ids, targets (next-token labels, IGNORE where nothing is learned), mm_token_type_ids,
+    segment_ids (1.. per sample, 0 for padding), type_ids (index into SAMPLE_TYPES, -1 for padding), the vision
+    tensors of all samples in order, and the counts `skipped` and `too_long`.
+    """
+    batch = {
+        "input_ids": torch.full((len(rows), seq_len), pad_id, dtype=torch.long),
+        "targets": torch.full((len(rows), seq_len), IGNORE, dtype=torch.long),
+        "mm_token_type_ids": torch.zeros((len(rows), seq_len), dtype=torch.long),
+        "segment_ids": torch.zeros((len(rows), seq_len), dtype=torch.long),
+        "type_ids": torch.full((len(rows), seq_len), -1, dtype=torch.long),
+    }
+    vision: dict[str, list[torch.Tensor]] = {name: [] for name in VISION_FIELDS}
+    for b, row in enumerate(rows):
+        start = 0
+        for segment, sample in enumerate(row.samples, start=1):
+            end = start + len(sample)
+            batch["input_ids"][b, start:end] = sample.input_ids
+            batch["targets"][b, start:end] = sample.targets
+            batch["mm_token_type_ids"][b, start:end] = sample.mm_token_type_ids
+            batch["segment_ids"][b, start:end] = segment
+            batch["type_ids"][b, start:end] = SAMPLE_TYPES.index(sample.type)
+            for name in VISION_FIELDS:
+                if (value := getattr(sample, name)) is not None:
+                    vision[name].append(value)
+            start = end
+    for name, parts in vision.items():
+        if parts:
+            batch[name] = torch.cat(parts)
+    batch["skipped"] = torch.tensor(sum(r.skipped for r in rows))
+    batch["too_long"] = torch.tensor(sum(r.too_long for r in rows))
+    return batch

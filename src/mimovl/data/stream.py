@@ -1,0 +1,282 @@
+"""Stream schema samples from webdataset shards as a seeded, weighted mix of sources.
+
+    ds = mixed_stream({"caption": {"urls": "data/cap-{000000..000009}.tar", "weight": 3.0},
+                       "ocr": {"urls": ["data/ocr-000000.tar"], "weight": 1.0}},
+                      seed=0, shuffle_buffer=1000)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=4)   # yields schema samples
+
+Training (resample=True) streams forever; eval (resample=False) reads every shard once.
+
+Determinism: every random choice (which shard next, the shuffle buffer, which source next) comes from a
+`random.Random` seeded from (seed, source, rank, world size, worker, worker count), so the same arguments give
+the same sample sequence in every run; resuming re-reads the stream and skips consumed batches.
+
+Splitting: rank r of world size W, DataLoader worker w of N, reads "slot" r*N + w of W*N. A source with at
+least W*N shards gives each slot its own shards (disjoint); with fewer, every slot resamples from all of them
+(own seed, so no rank starves). With resample=False the split is always disjoint, so a slot may get none.
+
+Corrupt samples are logged, dropped and counted (SkipCounter); each yielded sample carries the count since the
+previous one in "skipped_before" (trailing skips of a finite stream are added to its last sample).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+from functools import partial
+from itertools import islice
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from mimovl.data.schema import validate
+
+log = logging.getLogger(__name__)
+
+
+class CorruptSample(ValueError):
+    """A sample that cannot be decoded; the message names its shard, key and the reason."""
+
+
+def sample_frames(timestamps: Sequence[float], target_fps: float | None, max_frames: int | None) -> list[int]:
+    """Indices of the frames to keep: the frame nearest each tick of a `target_fps` grid from the first
+    timestamp to the last; if that exceeds `max_frames`, `max_frames` ticks spread evenly over the same span.
+
+    16 frames at 4 fps (0, 0.25, ..., 3.75) at target 2 fps -> [0, 2, 4, ..., 14] (0, 0.5, ..., 3.5).
+    Sources slower than the target keep all their frames. None disables either limit.
+    """
+    ts = np.asarray(timestamps, dtype=float)
+    idx = np.arange(len(ts))
+    if len(ts) == 0:
+        return []
+    if target_fps:
+        ticks = ts[0] + np.arange(int(np.floor((ts[-1] - ts[0]) * target_fps + 1e-6)) + 1) / target_fps
+        idx = _nearest(ts, ticks)
+    if max_frames and len(idx) > max_frames:
+        idx = _nearest(ts, np.linspace(ts[0], ts[-1], max_frames))
+    return idx.tolist()
+
+
+def _nearest(ts: np.ndarray, ticks: np.ndarray) -> np.ndarray:
+    right = np.clip(np.searchsorted(ts, ticks), 0, len(ts) - 1)
+    left = np.clip(right - 1, 0, len(ts) - 1)
+    pick = np.where(np.abs(ts[left] - ticks) <= np.abs(ts[right] - ticks), left, right)
+    return np.unique(pick)
+
+
+def decode_sample(
+    raw: dict, source: str, *, video_fps: float | None = None, max_frames: int | None = None
+) -> dict:
+    """Turn one tar sample (webdataset's dict of member bytes) into a validated schema sample.
+
+    Videos are subsampled to `video_fps` / `max_frames` here, so dropped frames are never decoded.
+    Raises CorruptSample on anything wrong: bad JSON, a missing member or field, undecodable or truncated
+    image bytes, a schema violation.
+    """
+    try:
+        return _decode(raw, source, video_fps, max_frames)
+    except Exception as exn:
+        where = f"shard {raw.get('__url__')} key {raw.get('__key__')}"
+        raise CorruptSample(f"{where}: {type(exn).__name__}: {exn}") from exn
+
+
+def _decode(raw: dict, source: str, video_fps: float | None, max_frames: int | None) -> dict:
+    if "json" not in raw:
+        raise ValueError("missing member KEY.json")
+    header = json.loads(raw["json"])
+    images, videos = [], []
+    for item in header["media"]:
+        if item["kind"] == "image":
+            images.append(_image(raw, item["name"]))
+        elif item["kind"] == "video":
+            names, ts = item["names"], [float(t) for t in item["timestamps"]]
+            if len(names) != len(ts):
+                raise ValueError(f"video has {len(names)} frames but {len(ts)} timestamps")
+            keep = sample_frames(ts, video_fps, max_frames)
+            kept_ts = [ts[k] for k in keep]
+            fps = float(item["fps"])
+            if len(keep) < len(ts):  # the rate of what was kept
+                fps = (len(keep) - 1) / (kept_ts[-1] - kept_ts[0]) if len(keep) > 1 else fps
+            videos.append(
+                {"frames": [_image(raw, names[k]) for k in keep], "timestamps": kept_ts, "fps": fps}
+            )
+        else:
+            raise ValueError(f"unknown media kind {item['kind']!r}")
+    sample = {
+        "key": raw["__key__"],
+        "source": source,
+        "type": header["type"],
+        "messages": header["messages"],
+        "images": images,
+        "videos": videos,
+        "meta": header["meta"],
+        "skipped_before": 0,
+    }
+    validate(sample)
+    return sample
+
+
+def _image(raw: dict, name: str) -> Image.Image:
+    if name not in raw:
+        raise ValueError(f"missing member KEY.{name}")
+    img = Image.open(io.BytesIO(raw[name]))
+    img.load()  # decode now: truncated or corrupt bytes fail here, not in a training step
+    return img.convert("RGB")
+
+
+class SkipCounter:
+    """A webdataset error handler that logs each failure, counts it and never re-raises.
+
+    CorruptSample errors are skipped samples: `skipped` counts them, `take()` returns (and resets) the count
+    since the last call. Anything else means a shard could not be opened or read to its end (`read_errors`;
+    a truncated shard reports up to two): its remaining samples are lost uncounted, but a sample cut short is
+    still counted, as it then fails to decode.
+    """
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self.read_errors = 0
+        self._pending = 0
+
+    def __call__(self, exn: Exception) -> bool:
+        if isinstance(exn, CorruptSample):
+            self.skipped += 1
+            self._pending += 1
+            log.warning("skipped sample: %s", exn)
+        else:
+            self.read_errors += 1
+            log.warning("shard read error: %s: %s", type(exn).__name__, exn)
+        return True  # webdataset: True means continue
+
+    def take(self) -> int:
+        n, self._pending = self._pending, 0
+        return n
+
+
+def mixed_stream(
+    sources: dict[str, dict],
+    seed: int,
+    shuffle_buffer: int,
+    resample: bool = True,
+    video_fps: float | None = 2.0,
+    max_frames: int | None = 256,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> MixedStream:
+    """A stream of schema samples mixing `sources` ({name: {"urls": str | list, "weight": float}}) by weight.
+
+    urls: a string or a list of strings (or paths); each may hold brace patterns ("a-{000..009}.tar").
+    shuffle_buffer: samples held per source in each worker, as undecoded bytes (<= 1: no shuffle).
+    video_fps / max_frames: frame subsampling at read time (sample_frames); None keeps every frame.
+    rank / world_size default to env RANK / WORLD_SIZE or torch.distributed, read when iteration starts.
+    See the module docstring for determinism and splitting.
+    """
+    return MixedStream(sources, seed, shuffle_buffer, resample, video_fps, max_frames, rank, world_size)
+
+
+class MixedStream(torch.utils.data.IterableDataset):
+    """The dataset mixed_stream returns; each DataLoader worker builds its own pipelines in __iter__."""
+
+    def __init__(self, sources, seed, shuffle_buffer, resample, video_fps, max_frames, rank, world_size):
+        super().__init__()
+        if not sources:
+            raise ValueError("mixed_stream needs at least one source")
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither")
+        self.sources = {
+            name: (_expand(name, spec["urls"]), float(spec.get("weight", 1.0)))
+            for name, spec in sources.items()
+        }
+        if any(w <= 0 for _, w in self.sources.values()):
+            raise ValueError("source weights must be positive")
+        self.seed, self.shuffle_buffer, self.resample = seed, shuffle_buffer, resample
+        self.video_fps, self.max_frames = video_fps, max_frames
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
+        if self.rank is not None:
+            rank, world_size = self.rank, self.world_size
+        slot, nslots = rank * num_workers + worker, world_size * num_workers
+        counter = SkipCounter()
+        streams = [
+            iter(self._pipeline(name, urls, slot, nslots, counter))
+            for name, (urls, _) in self.sources.items()
+        ]
+        weights = [w for _, w in self.sources.values()]
+        rng = random.Random(_seed("mix", self.seed, slot, nslots))
+        return _count_skips(_mix(streams, weights, rng), counter)
+
+    def _pipeline(
+        self, name: str, urls: list[str], slot: int, nslots: int, counter: SkipCounter
+    ) -> wds.DataPipeline:
+        # webdataset's split_by_node / split_by_worker read the rank only from the environment; one slice
+        # over the global slot does both and honours explicit rank arguments.
+        if self.resample:
+            mine = urls[slot::nslots] if len(urls) >= nslots else urls
+            shard_seed = _seed("shards", self.seed, name, slot, nslots)
+            shards = [wds.ResampledShards(mine, seed=shard_seed, worker_seed=lambda: 0, deterministic=True)]
+        else:
+            # the same shard order on every slot, so the slices stay disjoint
+            order_seed = _seed("order", self.seed, name)
+            shards = [wds.SimpleShardList(urls, seed=order_seed), lambda src: islice(src, slot, None, nslots)]
+        shuffle = None
+        if self.shuffle_buffer > 1:
+            shuffle = wds.shuffle(
+                self.shuffle_buffer, rng=random.Random(_seed("shuffle", self.seed, name, slot, nslots))
+            )
+        decode = partial(decode_sample, source=name, video_fps=self.video_fps, max_frames=self.max_frames)
+        # shuffle raw member bytes (compressed), decode afterwards: the buffer stays small
+        return wds.DataPipeline(
+            *shards, wds.tarfile_to_samples(handler=counter), shuffle, wds.map(decode, handler=counter)
+        )
+
+
+def _mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
+    """Draw the next sample from a source chosen by weight; an exhausted source drops out of the draw.
+
+    Written here because wds.RandomMix draws from the global `random` module, which no seed here controls.
+    """
+    streams, weights = list(streams), list(weights)
+    while streams:
+        i = rng.choices(range(len(streams)), weights)[0]
+        try:
+            yield next(streams[i])
+        except StopIteration:
+            del streams[i], weights[i]
+
+
+def _count_skips(samples: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:
+    # one sample of lookahead so the skips after the last sample of a finite stream are still reported
+    prev = None
+    for sample in samples:
+        sample["skipped_before"] = counter.take()
+        if prev is not None:
+            yield prev
+        prev = sample
+    if prev is not None:
+        prev["skipped_before"] += counter.take()
+        yield prev
+
+
+def _seed(*parts) -> int:
+    """A 64-bit seed from any printable parts; unlike hash(), the same in every process."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def _expand(name: str, urls: str | list[str]) -> list[str]:
+    items = [urls] if isinstance(urls, str) else urls
+    expanded = [u for item in items for u in wds.shardlists.expand_urls(str(item))]
+    if not expanded:
+        raise ValueError(f"source {name!r}: no shards")
+    missing = [u for u in expanded if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
+    if missing:
+        raise FileNotFoundError(f"source {name!r}: {len(missing)} shards missing, e.g. {missing[:3]}")
+    return expanded
