@@ -97,7 +97,5 @@ def test_corrupt_samples_are_skipped_counted_and_training_finishes(tmp_path):
         "stage.seq_len=256", "stage.batch_size=1", "data.shuffle_buffer=1", "data.pack_buffer=2",
     )
     assert summary["steps"] == 3
-    # Each pass over the shard yields the good samples and skips the 4 bad ones.
-    passes = summary["skipped"] / 4
-    assert summary["skipped"] >= 4 and passes == int(passes), summary["skipped"]
-    assert len(good) == 4
+    # A full pass over the shard skips its 4 bad samples (exact per-pass counts: tests/test_data_stream.py).
+    assert summary["skipped"] >= 4 and len(good) == 4
