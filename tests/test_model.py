@@ -79,6 +79,16 @@ def test_processor_expands_image_tokens(processor, make_image, tmp_path):
     assert all(torch.equal(batch[k], again[k]) for k in batch)
 
 
+def test_processor_expands_video_tokens(processor):
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "When?"}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    frames = torch.randint(0, 256, (4, 112, 112, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch = processor(text=[prompt], videos=[frames.numpy()], return_tensors="pt")
+    assert batch["video_grid_thw"].tolist() == [[2, 8, 8]]  # 4 frames / temporal patch 2, 112 px / 14
+    video_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert (batch["input_ids"][0] == video_id).sum().item() == 2 * 8 * 8 // 4
+
+
 # ---------------------------------------------------------------------------------------------- tiny model
 
 

@@ -8,7 +8,7 @@ from mimovl.data.encode import IGNORE, Encoded, encode
 from mimovl.data.packing import collate_rows, pack_rows
 from mimovl.data.schema import chat, document, image, text, video
 from mimovl.model.build import build_tiny
-from mimovl.stages.packed import packed_logits, token_losses
+from mimovl.stages.packed import PackedVLM, token_losses
 
 
 def _sized(n: int, skipped: int = 0) -> Encoded:
@@ -77,7 +77,7 @@ def test_packed_loss_equals_per_sample_losses(tiny):
     assert len(rows) == 1
     batch = collate_rows(rows, seq_len=rows[0].length + 7, pad_id=processor.tokenizer.pad_token_id)
     with torch.no_grad():
-        packed = token_losses(packed_logits(model, batch), batch["targets"])
+        packed = token_losses(PackedVLM(model)(batch), batch["targets"])
         alone = {id(s): _alone_loss_sum(model, s) for s in encoded}
     for segment, sample in enumerate(rows[0].samples, start=1):
         packed_sum = float(packed[0][batch["segment_ids"][0] == segment].sum())

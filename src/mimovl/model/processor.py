@@ -163,9 +163,10 @@ def build_tiny_processor(
         min_pixels=image_min_pixels, max_pixels=image_max_pixels, patch_size=PATCH_SIZE,
         merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE,
     )
+    # cap_pixels_per_frame=True: qwen-vl-utils' per-frame budget, which transformers makes the default in 5.22.
     video_processor = Qwen2VLVideoProcessor(
         min_pixels=video_min_pixels, max_pixels=video_max_pixels, patch_size=PATCH_SIZE,
-        merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE,
+        merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE, cap_pixels_per_frame=True,
     )
     return Qwen2_5_VLProcessor(
         image_processor=image_processor, tokenizer=build_tiny_tokenizer(vocab_size),

@@ -62,19 +62,56 @@ def packed_position_ids(model, batch: dict) -> torch.Tensor:
     return positions
 
 
-def packed_logits(model, batch: dict) -> torch.Tensor:
-    """Logits (B, L, V) of a packed batch, each sample computed as if alone."""
-    flash = "flash" in str(model.config._attn_implementation)
-    return model(
-        input_ids=batch["input_ids"],
-        attention_mask=None if flash else block_causal_mask(batch["segment_ids"]),
-        position_ids=packed_position_ids(model, batch),
-        pixel_values=batch.get("pixel_values"),
-        image_grid_thw=batch.get("image_grid_thw"),
-        pixel_values_videos=batch.get("pixel_values_videos"),
-        video_grid_thw=batch.get("video_grid_thw"),
-        use_cache=False,
-    ).logits
+class PackedVLM(torch.nn.Module):
+    """Runs a Qwen2.5-VL model on a packed batch and returns its logits (B, L, V).
+
+    The vision tower runs exactly once per forward, over every image and video frame of the batch together,
+    and on a one-patch dummy image when the batch has none. Under FSDP2 every rank must make the same
+    collective calls in the same order; transformers' own forward calls the tower once for images, again for
+    videos and not at all for text-only batches, which deadlocks ranks whose batches differ in kind. This
+    module is the FSDP root (see `mimovl.stages.sharding`), so the vision tower and the embeddings run
+    inside one root forward.
+    """
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        model, config = self.hf, self.hf.config
+        input_ids = batch["input_ids"]
+        embeds = model.get_input_embeddings()(input_ids)
+        embeds = self._scatter_vision(embeds, batch)
+        flash = "flash" in str(config._attn_implementation)
+        return model(
+            inputs_embeds=embeds,
+            attention_mask=None if flash else block_causal_mask(batch["segment_ids"]),
+            position_ids=packed_position_ids(model, batch),
+            use_cache=False,
+        ).logits
+
+    def _scatter_vision(self, embeds: torch.Tensor, batch: dict) -> torch.Tensor:
+        visual, config = self.hf.model.visual, self.hf.config
+        pixels = [batch[k] for k in ("pixel_values", "pixel_values_videos") if k in batch]
+        grids = [batch[k] for k in ("image_grid_thw", "video_grid_thw") if k in batch]
+        if not pixels:
+            # One 2x2-patch blank image: its single merged token is used with weight 0.
+            merge = visual.spatial_merge_size
+            patch = visual.patch_embed
+            width = patch.in_channels * patch.temporal_patch_size * patch.patch_size**2
+            pixels = [embeds.new_zeros(merge * merge, width)]
+            grids = [torch.tensor([[1, merge, merge]], device=embeds.device)]
+            dummy = visual(torch.cat(pixels).to(visual.dtype), grid_thw=torch.cat(grids)).pooler_output
+            return embeds + 0.0 * dummy.sum().to(embeds.dtype)
+        tokens = visual(torch.cat(pixels).to(visual.dtype), grid_thw=torch.cat(grids)).pooler_output
+        tokens = tokens.to(embeds.dtype)
+        image_mask = batch["input_ids"] == config.image_token_id
+        n_image = int(image_mask.sum())
+        embeds = embeds.masked_scatter(image_mask[..., None], tokens[:n_image])
+        video_mask = batch["input_ids"] == config.video_token_id
+        if video_mask.any():
+            embeds = embeds.masked_scatter(video_mask[..., None], tokens[n_image:])
+        return embeds
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

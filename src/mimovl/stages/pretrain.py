@@ -16,7 +16,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from mimovl.data.encode import IGNORE
 from mimovl.data.schema import SAMPLE_TYPES
 from mimovl.model.parts import param_groups, set_trainable
-from mimovl.stages.packed import packed_logits, token_losses
+from mimovl.stages.packed import PackedVLM, token_losses
 from mimovl.stages.sharding import shard_model
 
 
@@ -51,7 +51,7 @@ class PretrainModule(pl.LightningModule):
                 f" lr has {sorted(lr)}"
             )
         self.save_hyperparameters(ignore=["model"])
-        self.model = model.train()  # from_pretrained returns eval mode
+        self.net = PackedVLM(model.train())  # train(): from_pretrained returns eval mode
         # Per-step global mean loss and data counters, kept in checkpoints so a resumed run reports the whole run.
         self.loss_history: list[float] = []
         self.data_counts = {"skipped": 0, "too_long": 0}
@@ -59,11 +59,16 @@ class PretrainModule(pl.LightningModule):
         if activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    @property
+    def model(self):
+        """The Qwen2.5-VL model being trained."""
+        return self.net.hf
+
     def configure_model(self) -> None:
         if self.device_mesh is not None:
             # On GPUs compute in bfloat16 with float32 master weights; CPU runs stay float32.
             param_dtype = torch.bfloat16 if self.device.type == "cuda" else None
-            shard_model(self.model, self.device_mesh["data_parallel"], param_dtype)
+            shard_model(self.net, self.device_mesh["data_parallel"], param_dtype)
 
     def configure_optimizers(self):
         groups = param_groups(self.model, dict(self.hparams.lr), self.hparams.weight_decay)
@@ -84,7 +89,7 @@ class PretrainModule(pl.LightningModule):
         return value
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = token_losses(packed_logits(self.model, batch), batch["targets"])
+        losses = token_losses(self.net(batch), batch["targets"])
         learned = batch["targets"] != IGNORE
         count = learned.sum()
         global_count = self._global_sum(count.detach().float()).clamp(min=1)
