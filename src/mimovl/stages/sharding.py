@@ -27,3 +27,18 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
     if not any(isinstance(p, DTensor) for p in model.parameters()):
         return model.state_dict()
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def fsdp2_strategy(devices: int | str, num_nodes: int = 1, save_distributed_checkpoint: bool = False):
+    """Lightning's ModelParallelStrategy as pure FSDP2: data-parallel over every process, no tensor parallelism.
+
+    `devices` is the trainer's (an int; -1 or "auto" means every local GPU, or one CPU process).
+    """
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if devices in (-1, "-1", "auto"):
+        devices = max(1, torch.cuda.device_count())
+    return ModelParallelStrategy(
+        data_parallel_size=int(devices) * num_nodes, tensor_parallel_size=1,
+        save_distributed_checkpoint=save_distributed_checkpoint,
+    )
