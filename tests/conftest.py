@@ -33,16 +33,27 @@ def tiny_hf_dir(tmp_path_factory):
     return export_hf(model, processor, tmp_path_factory.mktemp("tiny_hf"))
 
 
+def pytest_collection_modifyitems(items):
+    """Run the tests that use `vllm_engine` last. The in-process engine initialises torch.distributed
+    (gloo, world size 1) for the rest of the session, and a Lightning fit started after it hung (seen:
+    test_train's stage chain, 65 s alone, still waiting after 430 s)."""
+    items.sort(key=lambda item: "vllm_engine" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_hf_dir):
     """A `vllm.LLM` (float32, eager, one image per prompt) serving `tiny_hf_dir`; it starts in ~30 s.
 
     Shared by every test in the session: a test that syncs other weights into it must restore the
-    weights of `tiny_hf_dir` before it returns.
+    weights of `tiny_hf_dir` before it returns. Torn down (process group included) at session end.
     """
     from vllm import LLM
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-    return LLM(
+    engine = LLM(
         model=str(tiny_hf_dir), dtype="float32", max_model_len=1024, enforce_eager=True,
         limit_mm_per_prompt={"image": 1}, seed=0,
     )
+    yield engine
+    del engine
+    cleanup_dist_env_and_memory()

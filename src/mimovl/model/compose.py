@@ -169,6 +169,19 @@ def _llm_tensors(llm_path: Path):
     return found, dropped
 
 
+def _allocate(config: Qwen2_5_VLConfig, dtype: torch.dtype) -> Qwen2_5_VLForConditionalGeneration:
+    """An uninitialised model with parameters in `dtype`, allocated once. As in from_pretrained, the default
+    dtype is set while building, so RoPE buffers keep the float32 the modules compute them in."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.to_empty(device="cpu")
+
+
 def _load_into(model: torch.nn.Module, sources: dict[str, tuple[Path, str]], what: str) -> None:
     """Copy each source tensor into the model parameter of the same name; mark it initialised."""
     params = dict(model.named_parameters())
@@ -224,10 +237,7 @@ def compose(
     tied = "lm_head.weight" not in llm_sources and bool(llm_config.get("tie_word_embeddings", False))
     config = compose_config(vit_config.to_dict(), llm_config, tokenizer, tie_word_embeddings=tied)
 
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model.to_empty(device="cpu")
-    model.to(as_dtype(dtype))
+    model = _allocate(config, as_dtype(dtype))
     _load_into(model, vit_sources, "ViT")
     _load_into(model, llm_sources, "LLM")
     if tied:

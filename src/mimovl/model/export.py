@@ -1,7 +1,7 @@
 """Write a Qwen2.5-VL directory that transformers (`from_pretrained`) and vLLM (`LLM(model=DIR)`) both load.
 
-The directory holds: `config.json`, `generation_config.json`, `model.safetensors` (sharded past 5 GB, with
-an index), the tokenizer with its chat template, `processor_config.json`, and the stand-alone
+The directory holds: `config.json`, `generation_config.json`, safetensors weights (`model.safetensors`, or
+shards with an index), the tokenizer with its chat template, `processor_config.json`, and the stand-alone
 `preprocessor_config.json` / `video_preprocessor_config.json` that older loaders look for.
 """
 
@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedConfig, Qwen2_5_VLForConditionalGeneration
+from torch.distributed.tensor import DTensor
+from transformers import GenerationConfig, PreTrainedConfig, Qwen2_5_VLForConditionalGeneration
 
 from mimovl.model.build import as_dtype, generation_config
 
@@ -32,12 +33,12 @@ def export_hf(
 
     `dtype` casts the saved weights (e.g. "bfloat16" for a 7B release); default: keep their dtype.
     """
-    if state_dict is None and not any(p.is_meta for p in model.parameters()):
-        # Plain save of a live, unsharded model; state_dict() is cheap (views, no copies).
-        state_dict = model.state_dict()
     if state_dict is None:
-        raise ValueError("model has meta parameters; pass the gathered full state_dict")
-    return export_state_dict(state_dict, model.config, processor, out_dir, dtype=dtype)
+        if any(p.is_meta or isinstance(p, DTensor) for p in model.parameters()):
+            raise ValueError("model is sharded or on the meta device; pass the gathered full state_dict")
+        state_dict = model.state_dict()  # views of a live, unsharded model: no copies
+    return export_state_dict(state_dict, model.config, processor, out_dir, dtype=dtype,
+                             generation=getattr(model, "generation_config", None))
 
 
 def export_state_dict(
@@ -46,10 +47,12 @@ def export_state_dict(
     processor,
     out_dir: str | Path,
     dtype: str | torch.dtype | None = None,
+    generation: GenerationConfig | None = None,
 ) -> Path:
     """Export a full state dict with transformers' in-memory names (`model.visual.*`,
     `model.language_model.*`, `lm_head.*`; an extra leading `model.` from a LightningModule is stripped)
-    under `config`. Strict: a missing or unexpected tensor raises, naming it."""
+    under `config`. Strict: a missing or unexpected tensor raises, naming it. `generation` defaults to
+    stopping on <|im_end|> or <|endoftext|>, ids from the processor's tokenizer."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dict = _strip_wrapper_prefix(state_dict)
@@ -62,7 +65,7 @@ def export_state_dict(
     tensors = {k: v.detach().to("cpu", dtype) for k, v in state_dict.items()}
     shell.load_state_dict(tensors, strict=True, assign=True)
     shell.config.dtype = dtype
-    shell.generation_config = generation_config(processor.tokenizer)
+    shell.generation_config = generation or generation_config(processor.tokenizer)
     shell.save_pretrained(str(out_dir))
     processor.save_pretrained(str(out_dir))
     processor.image_processor.save_pretrained(str(out_dir))
