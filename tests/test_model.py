@@ -219,6 +219,19 @@ def test_compose_image_forward_equals_reloaded(composed, make_image, tmp_path):
     assert (ours - ours_other).abs().max() > 1e-3  # the image reaches the logits through the projector
 
 
+def test_compose_bfloat16_equals_reloaded(sources, make_image, tmp_path):
+    """The 7B path's dtype: parameters in bf16, RoPE buffers in float32, exactly as from_pretrained has them."""
+    vit_dir, llm_dir, _, _ = sources
+    model, processor = compose(vit_dir, llm_dir, dtype="bfloat16")
+    model.eval().save_pretrained(tmp_path)
+    reloaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {n: b.dtype for n, b in model.named_buffers()} == {n: b.dtype for n, b in reloaded.named_buffers()}
+    batch = processor(text=[image_prompt(processor)], images=[make_image()], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+
+
 def test_compose_errors_name_the_problem(sources, tmp_path):
     vit_dir, llm_dir, _, _ = sources
     with pytest.raises(FileNotFoundError, match="no_such_vit"):
