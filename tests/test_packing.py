@@ -89,3 +89,32 @@ def test_chat_learns_only_assistant_turns(tiny):
     sample = encode(_samples()[0], processor)
     learned = processor.tokenizer.decode(sample.targets[sample.targets != IGNORE])
     assert learned == "[3, 4, 50, 60]<|im_end|>"
+
+
+def _counting(forward, counts: dict, key: str):
+    def counted(*args, **kwargs):
+        counts[key] += 1
+        return forward(*args, **kwargs)
+
+    return counted
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        model, processor = build_tiny(seed=0)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        counts = {"vit": 0, "llm": 0}
+        for part, layer in (("vit", model.model.visual.blocks[0]), ("llm", model.model.language_model.layers[0])):
+            layer.forward = _counting(layer.forward, counts, part)
+        encoded = [encode(s, processor) for s in _samples()]
+        rows = list(pack_rows(encoded, seq_len=sum(map(len, encoded)), buffer=8))
+        batch = collate_rows(rows, seq_len=rows[0].length, pad_id=processor.tokenizer.pad_token_id)
+        token_losses(PackedVLM(model)(batch), batch["targets"]).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        calls.append(counts)
+    assert calls == [{"vit": 1, "llm": 1}, {"vit": 2, "llm": 2}]  # checkpointed layers recompute in backward
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
