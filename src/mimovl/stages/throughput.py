@@ -12,6 +12,6 @@ def rows(batch: dict) -> int:
     return int(batch["input_ids"].shape[0])
 
 
-def token_throughput_monitor(window_size: int = 20) -> ThroughputMonitor:
-    """Logs throughput (`train|device/items_per_sec` is real tokens per second) every step."""
+def token_throughput_monitor(window_size: int = 5) -> ThroughputMonitor:
+    """Logs `train/items_per_sec` (real tokens per second, over the last `window_size` steps) and samples/s."""
     return ThroughputMonitor(batch_size_fn=rows, length_fn=real_tokens, window_size=window_size)
