@@ -6,13 +6,10 @@ pass of reading and packing over the skipped part, and no model compute.
 """
 
 import functools
-import glob
 import itertools
 import logging
-from pathlib import Path
 
 import lightning.pytorch as pl
-from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset
 
 from mimovl.data.encode import encode
@@ -21,14 +18,6 @@ from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import ensure_synthetic
 
 log = logging.getLogger(__name__)
-
-
-def expand_shards(pattern: str) -> list[str]:
-    """Shard paths from a brace and/or glob pattern, sorted; raises naming the pattern when it matches none."""
-    paths = sorted(p for part in braceexpand(pattern) for p in (glob.glob(part) or ([part] if Path(part).exists() else [])))
-    if not paths:
-        raise FileNotFoundError(f"no shard matches {pattern!r}")
-    return paths
 
 
 class PackedStream(IterableDataset):
@@ -92,7 +81,7 @@ class ShardDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> SkipBatches:
         sources = {
-            name: {"urls": expand_shards(self.sources[name]), "weight": weight}
+            name: {"urls": self.sources[name], "weight": weight}
             for name, weight in self.mix.items() if weight > 0
         }
         dataset = PackedStream(

@@ -21,6 +21,7 @@ previous one in "skipped_before" (trailing skips of a finite stream are added to
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -272,10 +273,12 @@ def _seed(*parts) -> int:
 
 
 def _expand(name: str, urls: str | list[str]) -> list[str]:
+    """Shard paths from brace patterns ("a-{000..009}.tar"), "::"-joined lists and local globs ("dir/*.tar")."""
     items = [urls] if isinstance(urls, str) else urls
-    expanded = [u for item in items for u in wds.shardlists.expand_urls(str(item))]
+    braced = [u for item in items for u in wds.shardlists.expand_urls(str(item))]
+    expanded = [p for u in braced for p in (sorted(glob.glob(u)) if any(c in u for c in "*?[") else [u])]
     if not expanded:
-        raise ValueError(f"source {name!r}: no shards")
+        raise FileNotFoundError(f"source {name!r}: no shard matches {urls!r}")
     missing = [u for u in expanded if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
     if missing:
         raise FileNotFoundError(f"source {name!r}: {len(missing)} shards missing, e.g. {missing[:3]}")
