@@ -1,6 +1,8 @@
 """Stages 1-4 on synthetic shards: the loss falls, frozen parts stay put, resume is exact, bad data is skipped."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -99,3 +101,14 @@ def test_corrupt_samples_are_skipped_counted_and_training_finishes(tmp_path):
     assert summary["steps"] == 3
     # A full pass over the shard skips its 4 bad samples (exact per-pass counts: tests/test_data_stream.py).
     assert summary["skipped"] >= 4 and len(good) == 4
+
+
+def test_multirun_jobs_get_separate_outputs(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "src/run.py"), "-m", "debug=fast", "stage.max_steps=2", "logger=csv",
+           f"paths.runs_dir={tmp_path}/runs", f"paths.data_dir={tmp_path}/data", "data.generate.n_per_type=16",
+           "stage.module.lr.projector=1e-3,1e-2"]
+    subprocess.run(cmd, check=True, cwd=tmp_path, timeout=600)
+    summaries = sorted((tmp_path / "runs/multirun").glob("*/*/s1/summary.json"))
+    assert [p.parent.parent.name for p in summaries] == ["0", "1"]
+    assert all(json.loads(p.read_text())["steps"] == 2 for p in summaries)

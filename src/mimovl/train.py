@@ -12,6 +12,8 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
@@ -63,8 +65,15 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     return trainer
 
 
+def isolate_sweep_job(cfg: DictConfig) -> None:
+    """Under `-m`, each job's run root is its own Hydra job directory, so jobs never share checkpoints."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        cfg.paths.run_root = HydraConfig.get().runtime.output_dir
+
+
 def run(cfg: DictConfig) -> dict:
     """Trains one stage; returns the summary (also written to <output_dir>/summary.json)."""
+    isolate_sweep_job(cfg)
     output_dir = Path(cfg.paths.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
