@@ -2,6 +2,7 @@
 
     python benchmarks/packing.py                      # 8K rows, the stage-3 synthetic mix, tiny model
     python benchmarks/packing.py --seq-len 2048 --steps 5
+    python benchmarks/packing.py --model small        # a ~30M-parameter model: linear layers dominate
 
 Packed: samples best-fit into rows of --seq-len tokens (what training uses). Padded: one sample per row, each
 batch padded to its longest sample, with as many rows as hold about the same number of real tokens.
@@ -26,6 +27,14 @@ from mimovl.data.stream import mixed_stream  # noqa: E402
 from mimovl.data.synthetic import write_synthetic  # noqa: E402
 from mimovl.model.build import build_tiny  # noqa: E402
 from mimovl.stages.packed import PackedVLM, token_losses  # noqa: E402
+
+
+# build_tiny sizes: "tiny" is the test model; "small" has ~30M parameters.
+SIZES = {
+    "tiny": {},
+    "small": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 4, "intermediate_size": 1536,
+              "vision_hidden_size": 256, "vision_depth": 4, "vision_heads": 4, "vision_intermediate_size": 512},
+}
 
 
 def padded_batches(samples, tokens_per_batch: int, pad_id: int):
@@ -62,9 +71,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=8192)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--pack-buffer", type=int, default=256)
+    parser.add_argument("--model", choices=sorted(SIZES), default="tiny")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, processor = build_tiny(seed=0)
+    model, processor = build_tiny(seed=0, **SIZES[args.model])
     net = PackedVLM(model.train())
     pad = processor.tokenizer.pad_token_id
     with tempfile.TemporaryDirectory() as root:
@@ -80,7 +90,7 @@ def main() -> None:
             "padded": measure(net, padded_batches(samples(), args.seq_len, pad), args.steps),
         }
     for name, r in results.items():
-        print(f"{name:7s} seq_len={args.seq_len} efficiency={r['efficiency']:.3f} tokens/s={r['tokens_per_s']:.0f}")
+        print(f"{name:7s} model={args.model} seq_len={args.seq_len} efficiency={r['efficiency']:.3f} tokens/s={r['tokens_per_s']:.0f}")
     ratio = results["packed"]["tokens_per_s"] / results["padded"]["tokens_per_s"]
     print(f"packed/padded tokens/s ratio: {ratio:.2f}")
 

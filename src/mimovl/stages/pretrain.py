@@ -3,7 +3,8 @@
 What a stage trains is configuration (conf/stage/*.yaml): which parts are trainable, one learning rate per
 part, warm-up + cosine. Frozen parts stay out of the optimizer, so they stay bit-identical. The loss is the
 mean over every learned token of the global batch (all ranks), so one process with batch 2B and two
-processes with batch B compute the same update.
+processes with batch B compute the same update. With gradient accumulation, each micro-batch is such a mean
+and the step averages them (micro-batches are weighted equally, not by their token counts).
 """
 
 import math
