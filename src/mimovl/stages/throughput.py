@@ -13,5 +13,5 @@ def rows(batch: dict) -> int:
 
 
 def token_throughput_monitor(window_size: int = 5) -> ThroughputMonitor:
-    """Logs `train/items_per_sec` (real tokens per second, over the last `window_size` steps) and samples/s."""
+    """Logs `train/device/items_per_sec` (real tokens per second over the last `window_size` steps) and samples/s."""
     return ThroughputMonitor(batch_size_fn=rows, length_fn=real_tokens, window_size=window_size)
