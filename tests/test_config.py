@@ -9,7 +9,7 @@ from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf
 
 from mimovl.model.parts import PARTS
-from mimovl.train import stage_steps
+from mimovl.train import build_trainer, stage_steps
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -92,3 +92,12 @@ def test_7b_model_requires_component_paths():
     cfg = _compose("model=mimo_vl_7b")
     with pytest.raises(Exception, match="vit_path"):
         OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("logger", _options("logger"))
+def test_every_logger_builds_a_trainer(logger, tmp_path):
+    cfg = _compose(f"logger={logger}", f"paths.runs_dir={tmp_path}", "trainer.accelerator=cpu")
+    hydra.core.utils.HydraConfig.instance().set_config(cfg)
+    trainer = build_trainer(cfg)
+    assert trainer.max_steps == stage_steps(cfg.stage, 1)
+    assert (trainer.logger is None) == (logger == "none")

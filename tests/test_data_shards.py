@@ -290,3 +290,13 @@ def test_jsonl_cli_writes_readable_shards_and_counts_bad_lines(tmp_path, capsys)
     )
     assert written == 4 and [n for n, _ in skipped] == [2, 4, 5, 7, 8, 11] and len(paths) == 1
     assert "duplicate key 'jpeg'" in skipped[-1][1]
+
+
+def test_jsonl_cli_fails_and_leaves_nothing_when_no_line_is_good(tmp_path):
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text('{"type": "poem"}\nnot json\n')
+    out = tmp_path / "out"
+    assert main(["--jsonl", str(jsonl), "--out", f"{out}/s-%06d.tar"]) == 1
+    assert not list(out.glob("*.tar"))
+    with pytest.raises(SystemExit):
+        main(["--jsonl", str(jsonl), "--out", f"{out}/no-placeholder.tar"])

@@ -258,3 +258,12 @@ def test_bad_source_specs_fail_fast(tmp_path):
         )
     with pytest.raises(ValueError, match="weights must be positive"):
         mixed_stream({"x": {"urls": [__file__], "weight": 0}}, seed=0, shuffle_buffer=0)
+
+
+def test_a_source_of_empty_shards_fails_instead_of_spinning(tmp_path):
+    empty = tmp_path / "empty-000000.tar"
+    with wds.TarWriter(str(empty)):
+        pass
+    stream = mixed_stream({"caption": {"urls": [str(empty)], "weight": 1.0}}, seed=0, shuffle_buffer=1)
+    with pytest.raises(RuntimeError, match="source 'caption': opened 20 shards in a row without one good sample"):
+        next(iter(stream))

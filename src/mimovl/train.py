@@ -14,6 +14,7 @@ import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,6 +32,8 @@ def resolve_init(cfg: DictConfig) -> str | None:
     if init is None:
         return None
     if init == "previous":
+        if not cfg.stage.previous:
+            raise ValueError(f"stage.init_from=previous needs stage.previous (stage {cfg.stage.name} has none)")
         path = Path(cfg.paths.run_root) / cfg.stage.previous / "hf"
         if not (path / "config.json").exists():
             log.warning("no %s export at %s: starting from model=%s", cfg.stage.previous, path, cfg.model._target_)
@@ -60,6 +63,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     strategy = hydra.utils.instantiate(cfg.strategy) if cfg.strategy.get("_target_") else "auto"
     logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else False
     callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not logger:  # Lightning refuses a learning-rate monitor without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = hydra.utils.instantiate(cfg.trainer, strategy=strategy, logger=logger, callbacks=callbacks)
     trainer.fit_loop.epoch_loop.max_steps = stage_steps(cfg.stage, trainer.world_size)
     return trainer
@@ -73,11 +78,11 @@ def isolate_sweep_job(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """Trains one stage; returns the summary (also written to <output_dir>/summary.json)."""
+    init = resolve_init(cfg)  # before isolating a sweep job: a sweep still starts from the previous stage
     isolate_sweep_job(cfg)
     output_dir = Path(cfg.paths.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    init = resolve_init(cfg)
     model, processor = build_model(cfg, init)
     data = ShardDataModule(
         sources=cfg.data.sources, mix=cfg.stage.mix, processor=processor, seq_len=cfg.stage.seq_len,
@@ -94,13 +99,13 @@ def run(cfg: DictConfig) -> dict:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
-    state = full_state_dict(module.model)  # a collective under FSDP2: every rank calls it
+    # Both are collectives under FSDP2: every rank calls them.
+    state = full_state_dict(module.model)
+    log_dir = trainer.log_dir if trainer.logger is not None else None
     summary = {
         "stage": cfg.stage.name,
         "init_from": init or cfg.model._target_,
         "steps": trainer.global_step,
-        "tokens": trainer.global_step * cfg.stage.seq_len * cfg.stage.batch_size * cfg.stage.accumulate
-        * trainer.world_size,
         "first_loss": module.loss_history[0] if module.loss_history else None,
         "last_loss": module.loss_history[-1] if module.loss_history else None,
         "loss_history": module.loss_history,
@@ -113,8 +118,8 @@ def run(cfg: DictConfig) -> dict:
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(f"[mimovl] {cfg.stage.name}: {summary['steps']} steps, loss {summary['first_loss']} -> "
               f"{summary['last_loss']}; outputs in {output_dir} (HF export: {output_dir / 'hf'})")
-        if trainer.logger is not None and getattr(trainer.logger, "save_dir", None):
-            print(f"[mimovl] logs: {trainer.logger.save_dir}")
+        if log_dir is not None:
+            print(f"[mimovl] logs: {log_dir}")
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return summary

@@ -24,12 +24,12 @@ class PackedStream(IterableDataset):
     """Packed rows from a weighted mix of shard sources (runs inside each DataLoader worker)."""
 
     def __init__(self, sources: dict, processor, seq_len: int, pack_buffer: int, **stream_args):
-        self.sources, self.processor = sources, processor
-        self.seq_len, self.pack_buffer, self.stream_args = seq_len, pack_buffer, stream_args
+        # Built here, in the main process, so a bad shard pattern fails before any worker starts.
+        self.samples = mixed_stream(sources, **stream_args)
+        self.processor, self.seq_len, self.pack_buffer = processor, seq_len, pack_buffer
 
     def __iter__(self):
-        samples = mixed_stream(self.sources, **self.stream_args)
-        encoded = (encode(sample, self.processor) for sample in samples)
+        encoded = (encode(sample, self.processor) for sample in self.samples)
         return pack_rows(encoded, self.seq_len, self.pack_buffer)
 
 
@@ -65,7 +65,7 @@ class ShardDataModule(pl.LightningDataModule):
         max_frames: int = 256, root: str | None = None, generate: dict | None = None,
     ):
         super().__init__()
-        unknown = sorted(set(mix) - set(sources))
+        unknown = sorted(name for name, weight in mix.items() if weight > 0 and name not in sources)
         if unknown:
             raise KeyError(f"stage.mix names sources that data.sources does not define: {unknown}")
         self.sources, self.mix, self.processor = dict(sources), dict(mix), processor
@@ -77,7 +77,7 @@ class ShardDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.generate:
-            ensure_synthetic(self.root, **self.generate, seed=self.seed)
+            ensure_synthetic(self.root, **self.generate)
 
     def train_dataloader(self) -> SkipBatches:
         sources = {

@@ -31,14 +31,19 @@ class Row:
         return sum(len(s) for s in self.samples)
 
 
-def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator[Row]:
-    """Groups samples into rows of at most seq_len tokens (best fit over a window of `buffer` samples).
+# Too-long samples in a row, with nothing that fits, before packing gives up (a seq_len below every sample).
+MAX_TOO_LONG_IN_A_ROW = 1000
 
-    Each row is filled with the longest held sample that still fits, which keeps rows nearly full while
-    reordering the stream by at most `buffer` samples. Deterministic for a deterministic input.
+
+def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator[Row]:
+    """Groups samples into rows of at most seq_len tokens, deterministically.
+
+    Each row starts with the oldest held sample, so no sample waits for more than `buffer` rows, then is
+    filled best-fit: the longest held sample that still fits, again and again, which keeps rows nearly full.
+    Raises ValueError when MAX_TOO_LONG_IN_A_ROW samples in a row are longer than seq_len.
     """
     held: list[Encoded] = []
-    skipped = too_long = 0
+    skipped = too_long = too_long_in_a_row = 0
     stream = iter(samples)
     exhausted = False
     while True:
@@ -48,19 +53,30 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
                 exhausted = True
                 continue
             skipped += sample.skipped
-            if len(sample) > seq_len:
-                too_long += 1
-            else:
+            if len(sample) <= seq_len:
                 held.append(sample)
+                too_long_in_a_row = 0
+                continue
+            too_long += 1
+            too_long_in_a_row += 1
+            if too_long_in_a_row >= MAX_TOO_LONG_IN_A_ROW and not held:
+                raise ValueError(
+                    f"{too_long_in_a_row} samples in a row are longer than seq_len={seq_len} tokens (the last: "
+                    f"{len(sample)} tokens, type {sample.type}); raise stage.seq_len"
+                )
         if not held:
             return
         row, space = Row(skipped=skipped, too_long=too_long), seq_len
         skipped = too_long = 0
-        while fitting := [s for s in held if len(s) <= space]:
-            pick = max(fitting, key=len)
+        pick = held[0]
+        while True:
             held.remove(pick)
             row.samples.append(pick)
             space -= len(pick)
+            fitting = [s for s in held if len(s) <= space]
+            if not fitting:
+                break
+            pick = max(fitting, key=len)
         yield row
 
 

@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most")
     parser.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most (approximate)")
     args = parser.parse_args(argv)
+    if "%" not in args.out:
+        parser.error(f"--out needs a shard number placeholder such as %06d: {args.out!r}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     shards, written, bad = write_jsonl_shards(
         args.jsonl, args.media_root, args.out, args.maxcount, args.maxsize
@@ -126,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  line {lineno}: {reason}", file=sys.stderr)
     if len(bad) > 20:
         print(f"  ... and {len(bad) - 20} more", file=sys.stderr)
+    if written == 0:  # an empty tar would only stall a reader; leave nothing behind and fail
+        for path in shards:
+            os.remove(path)
+        print("error: no sample could be written", file=sys.stderr)
+        return 1
     return 0
 
 

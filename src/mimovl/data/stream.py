@@ -234,10 +234,37 @@ class MixedStream(torch.utils.data.IterableDataset):
                 self.shuffle_buffer, rng=random.Random(_seed("shuffle", self.seed, name, slot, nslots))
             )
         decode = partial(decode_sample, source=name, video_fps=self.video_fps, max_frames=self.max_frames)
+        stall = StallGuard(name, limit=10 * len(urls) + 10)
         # shuffle raw member bytes (compressed), decode afterwards: the buffer stays small
         return wds.DataPipeline(
-            *shards, wds.tarfile_to_samples(handler=counter), shuffle, wds.map(decode, handler=counter)
+            *shards, stall.count_shards, wds.tarfile_to_samples(handler=counter), shuffle,
+            wds.map(decode, handler=counter), stall.reset_on_samples,
         )
+
+
+class StallGuard:
+    """Fails a source that keeps opening shards without yielding one good sample.
+
+    A resampled source of empty or all-corrupt shards would otherwise spin forever without a word.
+    """
+
+    def __init__(self, name: str, limit: int):
+        self.name, self.limit, self.opened = name, limit, 0
+
+    def count_shards(self, shards: Iterator) -> Iterator:
+        for shard in shards:
+            self.opened += 1
+            if self.opened > self.limit:
+                raise RuntimeError(
+                    f"source {self.name!r}: opened {self.opened - 1} shards in a row without one good sample "
+                    "(empty shards, or only corrupt samples?)"
+                )
+            yield shard
+
+    def reset_on_samples(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            self.opened = 0
+            yield sample
 
 
 def _mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:

@@ -1,9 +1,9 @@
 """The model forward on packed rows: per-sample MRoPE positions and no attention across samples.
 
-transformers' Qwen2.5-VL does not separate packed samples by itself under sdpa or eager attention (its
-packed-sequence detection needs flash-attention), so on those we pass a block-diagonal causal mask. Under
-flash_attention_2 the mask is left out and the per-sample text positions (the first of the four position
-rows) tell the kernel where samples start.
+transformers' Qwen2.5-VL does not separate packed samples by itself under sdpa or eager attention, so we
+pass a block-diagonal causal mask. The mask is dense, (B, 1, L, L) booleans: its attention costs L^2 per row
+whatever the samples' lengths (a varlen flash-attention path would cost the sum of their squares; it needs a GPU
+to build and prove against this one, see the packing parity test).
 """
 
 import torch
@@ -77,18 +77,19 @@ class PackedVLM(torch.nn.Module):
         super().__init__()
         self.hf = hf_model
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        model, config = self.hf, self.hf.config
-        input_ids = batch["input_ids"]
-        embeds = model.get_input_embeddings()(input_ids)
+    def forward(self, batch: dict, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, L, V); or (N, V) at the N True entries of the (B, L) mask `positions` only, which saves
+        the memory of full-vocabulary logits where nothing is learned (20 GB per 32K row at 152K vocab)."""
+        model = self.hf
+        embeds = model.get_input_embeddings()(batch["input_ids"])
         embeds = self._scatter_vision(embeds, batch)
-        flash = "flash" in str(config._attn_implementation)
-        return model(
+        hidden = model.model.language_model(
             inputs_embeds=embeds,
-            attention_mask=None if flash else block_causal_mask(batch["segment_ids"]),
+            attention_mask=block_causal_mask(batch["segment_ids"]),
             position_ids=packed_position_ids(model, batch),
             use_cache=False,
-        ).logits
+        ).last_hidden_state
+        return model.lm_head(hidden if positions is None else hidden[positions])
 
     def _scatter_vision(self, embeds: torch.Tensor, batch: dict) -> torch.Tensor:
         visual, config = self.hf.model.visual, self.hf.config
@@ -115,7 +116,9 @@ class PackedVLM(torch.nn.Module):
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy in float32, 0 where the target is IGNORE."""
+    """Per-token cross-entropy in float32, shaped like `targets`, 0 where the target is IGNORE.
+
+    `logits` is `targets.shape + (V,)`: (B, L, V) for (B, L) targets or (N, V) for (N,) targets."""
     return torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none"
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
     ).view_as(targets)

@@ -7,7 +7,6 @@ processes with batch B compute the same update. With gradient accumulation, each
 and the step averages them (micro-batches are weighted equally, not by their token counts).
 """
 
-import math
 
 import lightning.pytorch as pl
 import torch
@@ -53,9 +52,11 @@ class PretrainModule(pl.LightningModule):
             )
         self.save_hyperparameters(ignore=["model"])
         self.net = PackedVLM(model.train())  # train(): from_pretrained returns eval mode
-        # Per-step global mean loss and data counters, kept in checkpoints so a resumed run reports the whole run.
+        # Global mean loss per optimizer step and global data counters (positions trained on, real tokens among
+        # them, corrupt and too-long samples skipped); kept in checkpoints so a resumed run reports the whole run.
         self.loss_history: list[float] = []
-        self.data_counts = {"skipped": 0, "too_long": 0}
+        self._micro_losses: list[float] = []
+        self.data_counts = {"skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0}
         set_trainable(model, list(trainable))
         if activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -67,8 +68,9 @@ class PretrainModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         if self.device_mesh is not None:
-            # On GPUs compute in bfloat16 with float32 master weights; CPU runs stay float32.
-            param_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+            # On GPUs compute in bfloat16 with float32 master weights; CPU runs stay float32. (The module is
+            # still on the CPU here: ask the strategy where it is going.)
+            param_dtype = torch.bfloat16 if self.trainer.strategy.root_device.type == "cuda" else None
             shard_model(self.net, self.device_mesh["data_parallel"], param_dtype)
 
     def configure_optimizers(self):
@@ -77,7 +79,7 @@ class PretrainModule(pl.LightningModule):
         steps = max(1, self.trainer.max_steps)
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
             optimizer,
-            num_warmup_steps=math.ceil(self.hparams.warmup_ratio * steps),
+            num_warmup_steps=int(self.hparams.warmup_ratio * steps),  # warm-up starts at lr 0: none in tiny runs
             num_training_steps=steps,
             min_lr_rate=self.hparams.min_lr_ratio,
         )
@@ -90,29 +92,40 @@ class PretrainModule(pl.LightningModule):
         return value
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = token_losses(self.net(batch), batch["targets"])
         learned = batch["targets"] != IGNORE
-        count = learned.sum()
-        global_count = self._global_sum(count.detach().float()).clamp(min=1)
+        losses = token_losses(self.net(batch, learned), batch["targets"][learned])
+        # One all-reduce for everything the step reports: loss sum, learned tokens, and the data counters.
+        segments = batch["segment_ids"]
+        local = torch.stack([
+            losses.sum().detach().double(), learned.sum().double(), batch["skipped"].double(),
+            batch["too_long"].double(), torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device),
+            (segments > 0).sum().double(),
+        ])
+        loss_sum, count, *counts = self._global_sum(local).tolist()
         # Gradients are averaged over ranks, so each rank scales its sum by world_size / global token count.
-        loss = losses.sum() / global_count * self.trainer.world_size
-        mean_loss = self._global_sum(losses.sum().detach()) / global_count
-        self.log("train/loss", mean_loss, prog_bar=True, batch_size=1)
-        self.loss_history.append(float(mean_loss))
-        self._log_counts(batch, losses.detach(), learned)
+        loss = losses.sum() / max(count, 1.0) * self.trainer.world_size
+        self._record(loss_sum / max(count, 1.0), dict(zip(self.data_counts, counts)))
+        self._log_per_type(batch["type_ids"][learned], losses.detach())
         return loss
 
-    def _log_counts(self, batch: dict, losses: torch.Tensor, learned: torch.Tensor) -> None:
-        """Loss per sample type, packing efficiency and the skip counters."""
+    def _record(self, mean_loss: float, counts: dict[str, float]) -> None:
+        """Logs the step's global loss and counters; keeps one loss per optimizer step in loss_history."""
+        self.log("train/loss", mean_loss, prog_bar=True, batch_size=1)
+        self._micro_losses.append(mean_loss)
+        if len(self._micro_losses) == self.trainer.accumulate_grad_batches:
+            self.loss_history.append(sum(self._micro_losses) / len(self._micro_losses))
+            self._micro_losses = []
+        for name, value in counts.items():
+            self.data_counts[name] += int(value)
+            self.log(f"data/{name}", float(self.data_counts[name]), batch_size=1)
+        self.log("train/packing_efficiency", counts["real_tokens"] / max(counts["tokens"], 1.0), batch_size=1)
+
+    def _log_per_type(self, type_ids: torch.Tensor, losses: torch.Tensor) -> None:
+        """This rank's mean loss per sample type (types absent from the batch are not logged)."""
         for index, name in enumerate(SAMPLE_TYPES):
-            of_type = learned & (batch["type_ids"] == index)
+            of_type = type_ids == index
             if of_type.any():
                 self.log(f"train/loss_{name}", losses[of_type].mean(), batch_size=int(of_type.sum()))
-        real = (batch["segment_ids"] > 0).float().mean()
-        self.log("train/packing_efficiency", real, batch_size=1)
-        for name in self.data_counts:
-            self.data_counts[name] += int(batch[name])
-            self.log(f"data/{name}", float(self.data_counts[name]), batch_size=1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mimovl"] = {"loss_history": self.loss_history, "data_counts": self.data_counts}

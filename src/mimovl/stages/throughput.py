@@ -9,9 +9,11 @@ def real_tokens(batch: dict) -> int:
 
 
 def rows(batch: dict) -> int:
+    """Packed rows in the batch."""
     return int(batch["input_ids"].shape[0])
 
 
 def token_throughput_monitor(window_size: int = 5) -> ThroughputMonitor:
-    """Logs `train/device/items_per_sec` (real tokens per second over the last `window_size` steps) and samples/s."""
+    """Logs `train/device/items_per_sec`: real tokens per second over the last `window_size` steps (its
+    `samples_per_sec` counts packed rows)."""
     return ThroughputMonitor(batch_size_fn=rows, length_fn=real_tokens, window_size=window_size)
