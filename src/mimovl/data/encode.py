@@ -77,7 +77,7 @@ def encode(sample: dict, processor) -> Encoded:
     kwargs = {}
     if videos:
         kwargs["videos"] = [video["frames"] for video in videos]
-        kwargs["fps"] = videos[0]["fps"]
+        kwargs["fps"] = videos[0]["fps"]  # the processor takes one rate; the reader resamples every video to it
     features = processor(text=[text], images=sample.get("images") or None, return_tensors="pt", **kwargs)
     input_ids = features["input_ids"][0]
     mm_types = features["mm_token_type_ids"][0]
