@@ -84,13 +84,15 @@ def main() -> None:
         def samples():
             return (encode(s, processor) for s in mixed_stream(sources, seed=0, shuffle_buffer=100))
 
-        packed = (collate_rows([row], args.seq_len, pad) for row in pack_rows(samples(), args.seq_len, args.pack_buffer))
+        rows = pack_rows(samples(), args.seq_len, args.pack_buffer)
+        packed = (collate_rows([row], args.seq_len, pad) for row in rows)
         results = {
             "packed": measure(net, packed, args.steps),
             "padded": measure(net, padded_batches(samples(), args.seq_len, pad), args.steps),
         }
     for name, r in results.items():
-        print(f"{name:7s} model={args.model} seq_len={args.seq_len} efficiency={r['efficiency']:.3f} tokens/s={r['tokens_per_s']:.0f}")
+        print(f"{name:7s} model={args.model} seq_len={args.seq_len} "
+              f"efficiency={r['efficiency']:.3f} tokens/s={r['tokens_per_s']:.0f}")
     ratio = results["packed"]["tokens_per_s"] / results["padded"]["tokens_per_s"]
     print(f"packed/padded tokens/s ratio: {ratio:.2f}")
 

@@ -7,7 +7,6 @@ processes with batch B compute the same update. With gradient accumulation, each
 and the step averages them (micro-batches are weighted equally, not by their token counts).
 """
 
-
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
