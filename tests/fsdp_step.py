@@ -1,8 +1,10 @@
-"""Two optimizer steps of the pre-training module on a fixed global batch, on 1 device or sharded over N CPU
-processes with FSDP2 (Lightning's ModelParallelStrategy, gloo). Saves the full trained weights to OUT.
+"""Two optimizer steps of the pre-training module on a fixed global batch of 2 rows per step, on 1 device or
+sharded over N CPU processes with FSDP2 (Lightning's ModelParallelStrategy, gloo), optionally accumulating
+gradients over micro-batches. Saves the full trained weights and step losses to OUT.
 
-    python tests/fsdp_step.py OUT.pt 1      # reference: one process, global batch of 2 rows per step
+    python tests/fsdp_step.py OUT.pt 1      # reference: one process, both rows in one batch
     python tests/fsdp_step.py OUT.pt 2      # FSDP2: two processes, one row each
+    python tests/fsdp_step.py OUT.pt 1 2    # one process accumulating two micro-batches of one row
 """
 
 import sys
@@ -16,7 +18,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from mimovl.data.encode import encode  # noqa: E402
-from mimovl.data.packing import collate_rows, pack_rows  # noqa: E402
+from mimovl.data.packing import collate_rows, pack_rows, with_window_tokens  # noqa: E402
 from mimovl.data.synthetic import make_sample  # noqa: E402
 from mimovl.model.build import build_tiny  # noqa: E402
 from mimovl.stages.pretrain import PretrainModule  # noqa: E402
@@ -33,7 +35,7 @@ def global_rows(processor) -> list:
     return rows[: STEPS * ROWS_PER_STEP]
 
 
-def main(out: str, devices: int) -> None:
+def main(out: str, devices: int, accumulate: int = 1) -> None:
     model, processor = build_tiny(seed=0)
     rows = global_rows(processor)
     pad = processor.tokenizer.pad_token_id
@@ -41,18 +43,21 @@ def main(out: str, devices: int) -> None:
     trainer = pl.Trainer(
         accelerator="cpu", devices=devices, strategy=strategy, max_steps=STEPS, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, gradient_clip_val=1.0,
+        use_distributed_sampler=False, gradient_clip_val=1.0, accumulate_grad_batches=accumulate,
     )
     step_rows = [rows[s * ROWS_PER_STEP : (s + 1) * ROWS_PER_STEP] for s in range(STEPS)]
-    rank, per_rank = trainer.global_rank, ROWS_PER_STEP // devices
-    batches = [collate_rows(r[rank * per_rank : (rank + 1) * per_rank], SEQ_LEN, pad) for r in step_rows]
+    per_batch = ROWS_PER_STEP // (devices * accumulate)
+    mine = [r[trainer.global_rank * per_batch * accumulate :][: per_batch * accumulate] for r in step_rows]
+    batches = [
+        collate_rows(r[m * per_batch : (m + 1) * per_batch], SEQ_LEN, pad) for r in mine for m in range(accumulate)
+    ]
     module = PretrainModule(model, trainable=["vit", "projector", "llm"],
                             lr={"vit": 1e-3, "projector": 1e-3, "llm": 1e-3}, warmup_ratio=0.0)
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    trainer.fit(module, train_dataloaders=DataLoader(list(with_window_tokens(batches, accumulate)), batch_size=None))
     state = full_state_dict(module.model)
     if trainer.is_global_zero:
         torch.save({"state": state, "losses": module.loss_history}, out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], *map(int, sys.argv[2:]))

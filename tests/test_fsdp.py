@@ -1,4 +1,4 @@
-"""FSDP2 on 2 CPU processes trains exactly like one process on the same global batch."""
+"""FSDP2 on 2 CPU processes, and gradient accumulation, train exactly like one process on the same global batch."""
 
 import json
 import subprocess
@@ -16,20 +16,33 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("fsdp_step.py")
 
 
-def _train(out: Path, devices: int) -> dict:
-    subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices)], check=True, cwd=out.parent, timeout=600)
+def _train(out: Path, devices: int, accumulate: int = 1) -> dict:
+    cmd = [sys.executable, str(SCRIPT), str(out), str(devices), str(accumulate)]
+    subprocess.run(cmd, check=True, cwd=out.parent, timeout=600)
     return torch.load(out)
 
 
-def test_two_process_fsdp2_step_equals_one_process_step(tmp_path):
-    one, two = _train(tmp_path / "one.pt", 1), _train(tmp_path / "two.pt", 2)
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict:
+    return _train(tmp_path_factory.mktemp("one") / "one.pt", 1)
+
+
+def _assert_same_training(run: dict, reference: dict) -> None:
     init = build_tiny(seed=0)[0].state_dict()
-    assert one["losses"] == pytest.approx(two["losses"], abs=1e-6)
-    assert set(one["state"]) == set(two["state"]) == set(init)
-    moved = max((one["state"][k] - init[k]).abs().max().item() for k in init)
+    assert run["losses"] == pytest.approx(reference["losses"], abs=1e-6)
+    assert set(run["state"]) == set(reference["state"]) == set(init)
+    moved = max((reference["state"][k] - init[k]).abs().max().item() for k in init)
     assert moved > 1e-3  # the steps did change the weights...
-    for name in init:  # ...and identically on 1 and 2 processes (float32, different reduction order)
-        torch.testing.assert_close(two["state"][name], one["state"][name], atol=2e-5, rtol=1e-4, msg=name)
+    for name in init:  # ...and identically both ways (float32, different reduction order)
+        torch.testing.assert_close(run["state"][name], reference["state"][name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_two_process_fsdp2_step_equals_one_process_step(tmp_path, one_process):
+    _assert_same_training(_train(tmp_path / "two.pt", 2), one_process)
+
+
+def test_accumulating_two_micro_batches_equals_one_batch(tmp_path, one_process):
+    _assert_same_training(_train(tmp_path / "accumulated.pt", 1, accumulate=2), one_process)
 
 
 def test_entry_point_trains_and_exports_with_fsdp2_on_two_processes(tmp_path):

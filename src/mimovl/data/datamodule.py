@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, IterableDataset
 
 from mimovl.data.encode import encode
-from mimovl.data.packing import collate_rows, pack_rows
+from mimovl.data.packing import collate_rows, pack_rows, with_window_tokens
 from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import ensure_synthetic
 
@@ -33,11 +33,12 @@ class PackedStream(IterableDataset):
         return pack_rows(encoded, self.seq_len, self.pack_buffer)
 
 
-class SkipBatches:
-    """Iterates a DataLoader, dropping its first `skip` batches once (exact resume)."""
+class TrainBatches:
+    """Iterates a DataLoader for training: drops its first `skip` batches once (exact resume), then tags each
+    batch with the learned tokens of its accumulation window (`with_window_tokens`)."""
 
-    def __init__(self, loader: DataLoader, skip: int):
-        self.loader, self.skip = loader, skip
+    def __init__(self, loader: DataLoader, accumulate: int, skip: int):
+        self.loader, self.accumulate, self.skip = loader, accumulate, skip
 
     def __iter__(self):
         # A generator, so the skip happens on the first batch drawn: Lightning calls iter() once just to
@@ -45,7 +46,7 @@ class SkipBatches:
         skip, self.skip = self.skip, 0
         if skip:
             log.info("resuming the data stream: skipping %d batches already trained on", skip)
-        yield from itertools.islice(iter(self.loader), skip, None)
+        yield from with_window_tokens(itertools.islice(iter(self.loader), skip, None), self.accumulate)
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -79,7 +80,7 @@ class ShardDataModule(pl.LightningDataModule):
         if self.generate:
             ensure_synthetic(self.root, **self.generate)
 
-    def train_dataloader(self) -> SkipBatches:
+    def train_dataloader(self) -> "TrainBatches":
         sources = {
             name: {"urls": self.sources[name], "weight": weight}
             for name, weight in self.mix.items() if weight > 0
@@ -94,7 +95,7 @@ class ShardDataModule(pl.LightningDataModule):
             collate_fn=functools.partial(collate_rows, seq_len=self.seq_len, pad_id=pad_id),
             persistent_workers=False,
         )
-        return SkipBatches(loader, self.batches_to_skip)
+        return TrainBatches(loader, self.trainer.accumulate_grad_batches, self.batches_to_skip)
 
     def state_dict(self) -> dict:
         trainer = self.trainer

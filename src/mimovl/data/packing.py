@@ -6,6 +6,7 @@ MRoPE positions (`mimovl.stages.packed`), so a packed row computes exactly what 
 one. A sample longer than the row is dropped and counted, never cut: a cut through an image's tokens breaks it.
 """
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -114,3 +115,14 @@ def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.
     batch["skipped"] = torch.tensor(sum(r.skipped for r in rows))
     batch["too_long"] = torch.tensor(sum(r.too_long for r in rows))
     return batch
+
+
+def with_window_tokens(batches: Iterable[dict], accumulate: int) -> Iterator[dict]:
+    """Adds `window_tokens` to each batch: the learned tokens of all `accumulate` batches that make up its
+    optimizer step (its gradient-accumulation window), so every micro-batch can weigh its loss by tokens."""
+    batches = iter(batches)
+    while window := list(itertools.islice(batches, accumulate)):
+        total = torch.tensor(sum(int((b["targets"] != IGNORE).sum()) for b in window))
+        for batch in window:
+            batch["window_tokens"] = total
+            yield batch

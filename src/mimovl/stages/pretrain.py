@@ -2,9 +2,9 @@
 
 What a stage trains is configuration (conf/stage/*.yaml): which parts are trainable, one learning rate per
 part, warm-up + cosine. Frozen parts stay out of the optimizer, so they stay bit-identical. The loss is the
-mean over every learned token of the global batch (all ranks), so one process with batch 2B and two
-processes with batch B compute the same update. With gradient accumulation, each micro-batch is such a mean
-and the step averages them (micro-batches are weighted equally, not by their token counts).
+mean over every learned token of the optimizer step: all ranks and all micro-batches of its gradient
+accumulation window. So one process with batch 2B, two processes with batch B and one process accumulating two
+batches of B all compute the same update.
 """
 
 import lightning.pytorch as pl
@@ -54,7 +54,7 @@ class PretrainModule(pl.LightningModule):
         # Global mean loss per optimizer step and global data counters (positions trained on, real tokens among
         # them, corrupt and too-long samples skipped); kept in checkpoints so a resumed run reports the whole run.
         self.loss_history: list[float] = []
-        self._micro_losses: list[float] = []
+        self._window_loss_sum, self._micro_batches = 0.0, 0  # the accumulation window in progress
         self.data_counts = {"skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0}
         set_trainable(model, list(trainable))
         if activation_checkpointing:
@@ -96,24 +96,27 @@ class PretrainModule(pl.LightningModule):
         # One all-reduce for everything the step reports: loss sum, learned tokens, and the data counters.
         segments = batch["segment_ids"]
         local = torch.stack([
-            losses.sum().detach().double(), learned.sum().double(), batch["skipped"].double(),
+            losses.sum().detach().double(), learned.sum().double(), batch["window_tokens"].double(),
+            batch["skipped"].double(),
             batch["too_long"].double(), torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device),
             (segments > 0).sum().double(),
         ])
-        loss_sum, count, *counts = self._global_sum(local).tolist()
-        # Gradients are averaged over ranks, so each rank scales its sum by world_size / global token count.
-        loss = losses.sum() / max(count, 1.0) * self.trainer.world_size
-        self._record(loss_sum / max(count, 1.0), dict(zip(self.data_counts, counts)))
+        loss_sum, count, window, *counts = self._global_sum(local).tolist()
+        # Lightning averages gradients over ranks and divides each micro-batch loss by the accumulation steps;
+        # scaling by both leaves the gradient of (sum of token losses) / (learned tokens of the whole step).
+        loss = losses.sum() / max(window, 1.0) * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        self._record(loss_sum, count, window, dict(zip(self.data_counts, counts)))
         self._log_per_type(batch["type_ids"][learned], losses.detach())
         return loss
 
-    def _record(self, mean_loss: float, counts: dict[str, float]) -> None:
-        """Logs the step's global loss and counters; keeps one loss per optimizer step in loss_history."""
-        self.log("train/loss", mean_loss, prog_bar=True, batch_size=1)
-        self._micro_losses.append(mean_loss)
-        if len(self._micro_losses) == self.trainer.accumulate_grad_batches:
-            self.loss_history.append(sum(self._micro_losses) / len(self._micro_losses))
-            self._micro_losses = []
+    def _record(self, loss_sum: float, count: float, window: float, counts: dict[str, float]) -> None:
+        """Logs the micro-batch's global loss and counters; keeps each optimizer step's loss in loss_history."""
+        self.log("train/loss", loss_sum / max(count, 1.0), prog_bar=True, batch_size=1)
+        self._window_loss_sum += loss_sum
+        self._micro_batches += 1
+        if self._micro_batches == self.trainer.accumulate_grad_batches:
+            self.loss_history.append(self._window_loss_sum / max(window, 1.0))
+            self._window_loss_sum, self._micro_batches = 0.0, 0
         for name, value in counts.items():
             self.data_counts[name] += int(value)
             self.log(f"data/{name}", float(self.data_counts[name]), batch_size=1)
