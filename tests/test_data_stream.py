@@ -128,31 +128,19 @@ def test_video_is_subsampled_at_read_time(tmp_path):
         s for s in (make_sample("video", i) for i in range(50)) if len(s["videos"][0]["frames"]) == 16
     )
     paths = write_shards([sample], str(tmp_path / "v-%02d.tar"), progress=False)
-    ds = mixed_stream(
-        {"v": {"urls": paths, "weight": 1}},
-        seed=0,
-        shuffle_buffer=0,
-        resample=False,
-        video_fps=1.0,
-        max_frames=5,
-    )
-    (got,) = list(ds)
-    video = got["videos"][0]
+    def read_video(max_frames):
+        stream = mixed_stream({"v": {"urls": paths, "weight": 1}}, seed=0, shuffle_buffer=0, resample=False,
+                              video_fps=1.0, max_frames=max_frames)
+        (got,) = list(stream)
+        return got["videos"][0]
+
+    video = read_video(max_frames=5)
     # 1 fps over 0..7.5 s gives 8 ticks, over the cap: 5 ticks 0, 1.875, 3.75, 5.625, 7.5 instead,
     # each taking the nearest frame (a tie takes the earlier one)
     assert video["timestamps"] == [0.0, 2.0, 3.5, 5.5, 7.5]
     assert len(video["frames"]) == 5 and video["fps"] == pytest.approx(4 / 7.5)
-    (got,) = list(
-        mixed_stream(
-            {"v": {"urls": paths, "weight": 1}},
-            seed=0,
-            shuffle_buffer=0,
-            resample=False,
-            video_fps=1.0,
-            max_frames=256,
-        )
-    )
-    assert got["videos"][0]["timestamps"] == [float(t) for t in range(8)] and got["videos"][0]["fps"] == 1.0
+    video = read_video(max_frames=256)
+    assert video["timestamps"] == [float(t) for t in range(8)] and video["fps"] == 1.0
 
 
 def test_weights_set_the_share(synth):
