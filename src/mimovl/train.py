@@ -16,11 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mimovl.data.datamodule import ShardDataModule
 from mimovl.model.build import load_hf
-from mimovl.model.export import export_hf
 from mimovl.stages.sharding import full_state_dict
 
 log = logging.getLogger(__name__)
@@ -53,7 +51,10 @@ def build_model(cfg: DictConfig, init: str | None):
 
 
 def stage_steps(stage: DictConfig, world_size: int) -> int:
-    """Optimizer steps from the token budget, capped by stage.max_steps."""
+    """Optimizer steps: stage.steps when the stage sets it, else from the token budget; capped by
+    stage.max_steps."""
+    if stage.get("steps"):
+        return min(stage.steps, stage.max_steps) if stage.max_steps else stage.steps
     tokens_per_step = stage.seq_len * stage.batch_size * stage.accumulate * world_size
     steps = max(1, math.ceil(float(stage.tokens) / tokens_per_step))
     return min(steps, stage.max_steps) if stage.max_steps else steps
@@ -84,13 +85,7 @@ def run(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
     model, processor = build_model(cfg, init)
-    data = ShardDataModule(
-        sources=cfg.data.sources, mix=cfg.stage.mix, processor=processor, seq_len=cfg.stage.seq_len,
-        batch_size=cfg.stage.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers,
-        shuffle_buffer=cfg.data.shuffle_buffer, pack_buffer=cfg.data.pack_buffer, video_fps=cfg.data.video_fps,
-        max_frames=cfg.data.max_frames, root=cfg.data.root,
-        generate=OmegaConf.to_container(cfg.data.generate) if cfg.data.generate else None,
-    )
+    data = hydra.utils.instantiate(cfg.stage.datamodule, processor=processor, _convert_="all")
     module = hydra.utils.instantiate(cfg.stage.module, model=model, _convert_="all")
     trainer = build_trainer(cfg)
     last = output_dir / "checkpoints" / "last.ckpt"
@@ -106,18 +101,15 @@ def run(cfg: DictConfig) -> dict:
         "stage": cfg.stage.name,
         "init_from": init or cfg.model._target_,
         "steps": trainer.global_step,
-        "first_loss": module.loss_history[0] if module.loss_history else None,
-        "last_loss": module.loss_history[-1] if module.loss_history else None,
-        "loss_history": module.loss_history,
-        **module.data_counts,
+        **module.summary(),
         "output_dir": str(output_dir),
         "hf_dir": str(output_dir / "hf"),
     }
     if trainer.is_global_zero:
-        export_hf(module.model, processor, output_dir / "hf", state_dict=state)
+        module.export(output_dir / "hf", processor, state)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"[mimovl] {cfg.stage.name}: {summary['steps']} steps, loss {summary['first_loss']} -> "
-              f"{summary['last_loss']}; outputs in {output_dir} (HF export: {output_dir / 'hf'})")
+        print(f"[mimovl] {cfg.stage.name}: {summary['steps']} steps, {module.headline()}; outputs in {output_dir} "
+              f"(HF export: {output_dir / 'hf'})")
         if log_dir is not None:
             print(f"[mimovl] logs: {log_dir}")
     if dist.is_available() and dist.is_initialized():

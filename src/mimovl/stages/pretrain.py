@@ -14,6 +14,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from mimovl.data.encode import IGNORE
 from mimovl.data.schema import SAMPLE_TYPES
+from mimovl.model.export import export_hf
 from mimovl.model.parts import param_groups, set_trainable
 from mimovl.stages.packed import PackedVLM, token_losses
 from mimovl.stages.sharding import shard_model
@@ -128,6 +129,25 @@ class PretrainModule(pl.LightningModule):
             of_type = type_ids == index
             if of_type.any():
                 self.log(f"train/loss_{name}", losses[of_type].mean(), batch_size=int(of_type.sum()))
+
+    def summary(self) -> dict:
+        """This stage's figures for summary.json: losses per optimizer step and the data counters."""
+        history = self.loss_history
+        return {
+            "first_loss": history[0] if history else None,
+            "last_loss": history[-1] if history else None,
+            "loss_history": history,
+            **self.data_counts,
+        }
+
+    def headline(self) -> str:
+        """One line for the end-of-run message."""
+        summary = self.summary()
+        return f"loss {summary['first_loss']} -> {summary['last_loss']}"
+
+    def export(self, directory, processor, state_dict: dict) -> None:
+        """Writes the Qwen2.5-VL directory (`state_dict`: the full weights, gathered on every rank)."""
+        export_hf(self.model, processor, directory, state_dict=state_dict)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mimovl"] = {"loss_history": self.loss_history, "data_counts": self.data_counts}
