@@ -73,12 +73,7 @@ def encode(sample: dict, processor) -> Encoded:
     text = render_document(sample["messages"]) if is_document else processor.apply_chat_template(
         sample["messages"], tokenize=False
     )
-    videos = sample.get("videos") or []
-    kwargs = {}
-    if videos:
-        kwargs["videos"] = [video["frames"] for video in videos]
-        kwargs["fps"] = videos[0]["fps"]  # the processor takes one rate; the reader resamples every video to it
-    features = processor(text=[text], images=sample.get("images") or None, return_tensors="pt", **kwargs)
+    features = _features(sample, text, processor)
     input_ids = features["input_ids"][0]
     mm_types = features["mm_token_type_ids"][0]
     if is_document:
@@ -99,6 +94,44 @@ def encode(sample: dict, processor) -> Encoded:
         video_grid_thw=features.get("video_grid_thw"),
         second_per_grid_ts=_as_tensor(features.get("second_per_grid_ts")),
         skipped=int(sample.get("skipped_before", 0)),
+    )
+
+
+def _features(sample: dict, text: str, processor):
+    """The processor's output for `text` with the sample's images and videos."""
+    videos = sample.get("videos") or []
+    kwargs = {}
+    if videos:
+        kwargs["videos"] = [video["frames"] for video in videos]
+        kwargs["fps"] = videos[0]["fps"]  # the processor takes one rate; the reader resamples every video to it
+    return processor(text=[text], images=sample.get("images") or None, return_tensors="pt", **kwargs)
+
+
+def encode_prompt(sample: dict, processor) -> dict:
+    """Model inputs (batch of 1) for a chat sample whose messages end with a user turn, up to the assistant
+    header: what `generate` continues from."""
+    text = processor.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=True)
+    return dict(_features(sample, text, processor))
+
+
+def encode_response(sample: dict, response_ids: list[int], processor) -> Encoded:
+    """A prompt (as `encode_prompt`) followed by a sampled response; only the response tokens are learned."""
+    features = encode_prompt(sample, processor)
+    prompt_ids = features["input_ids"][0]
+    response = torch.tensor(response_ids, dtype=torch.long)
+    input_ids = torch.cat([prompt_ids, response])
+    targets = torch.full_like(input_ids, IGNORE)
+    targets[len(prompt_ids) - 1 : len(input_ids) - 1] = response  # position t predicts token t + 1
+    return Encoded(
+        type=sample["type"],
+        input_ids=input_ids,
+        targets=targets,
+        mm_token_type_ids=torch.cat([features["mm_token_type_ids"][0], torch.zeros_like(response)]),
+        pixel_values=features.get("pixel_values"),
+        image_grid_thw=features.get("image_grid_thw"),
+        pixel_values_videos=features.get("pixel_values_videos"),
+        video_grid_thw=features.get("video_grid_thw"),
+        second_per_grid_ts=_as_tensor(features.get("second_per_grid_ts")),
     )
 
 

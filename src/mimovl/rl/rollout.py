@@ -1,0 +1,238 @@
+"""Rollout engines: sample G responses per prompt from the current policy.
+
+Both engines take the same calls:
+
+    engine.sync(named_tensors)                      # the policy's current weights (an iterable of (name, tensor))
+    groups = engine.generate(prompts, sampling, processor)     # one list of `Completion`s per prompt
+
+`VLLMRollout` runs vLLM in this process, beside training. It starts once, from an export of the starting
+policy, and every `sync` loads the policy's current weights in place: milliseconds for a tiny model, where the
+report restarts its engine for each update (benchmarks/rl_step.py measures both). Engines are kept per process
+by what they serve (config, processor and engine settings), so later runs and tests in the same process reuse
+one instead of paying the start again.
+`HFRollout` calls transformers' `generate` on the live policy: nothing to sync, slower, no vLLM needed.
+
+Under two or more ranks each rank rolls out its own prompts with its own engine (vLLM's "external_launcher"
+executor: one engine per training process, tensor parallel size 1).
+"""
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mimovl.rl.prompts import Prompt, prompt_text
+
+log = logging.getLogger(__name__)
+
+# Files of an export that define what an engine serves. Weights are left out: every run syncs its own. (vLLM's
+# "dummy" load format would spare the start-up read, but it also randomises buffers such as the rotary
+# cos/sin cache, which no sync restores.)
+SPEC_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "chat_template.jinja", "processor_config.json", "preprocessor_config.json",
+              "video_preprocessor_config.json")
+
+
+@dataclass
+class Sampling:
+    """Sampling settings of one generate call (temperature 0: greedy)."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    """One sampled response: its token ids (the stop token included when it stopped), text, and whether it
+    ended on a stop token rather than at max_new_tokens."""
+
+    token_ids: list[int]
+    text: str
+    finished: bool
+
+
+# What wrappers put in front of transformers' names: a LightningModule's `net.`, PackedVLM's `hf.`, torch.compile.
+WRAPPER_PREFIXES = ("net.", "hf.", "_orig_mod.")
+
+
+def hf_names(named_tensors: Iterable[tuple[str, torch.Tensor]]):
+    """Weights under the names transformers gives them in memory (`model.*`, `lm_head.*`)."""
+    for name, tensor in named_tensors:
+        while name.startswith(WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        yield name, tensor
+
+
+_ENGINES: dict[str, object] = {}
+
+
+def _engine_key(spec_dir: Path, settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name in SPEC_FILES:
+        path = spec_dir / name
+        if path.exists():
+            digest.update(name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+class VLLMRollout:
+    """vLLM, in this process, serving the policy whose weights `sync` pushes.
+
+    Args:
+        spec_dir: a Qwen2.5-VL export; an engine serving the same config, processor and settings is reused.
+        dtype: "float32" on CPU (so vLLM and transformers agree token for token); "bfloat16" on GPUs.
+        max_model_len: prompt + response tokens the engine admits.
+        limit_mm_per_prompt: images and videos one prompt may carry, e.g. {"image": 2, "video": 1}.
+        gpu_memory_utilization: the engine's share of GPU memory (colocated with training: keep it small).
+            On CPU the KV cache size comes from VLLM_CPU_KVCACHE_SPACE (GiB) instead.
+        enforce_eager: no CUDA graphs (faster start; needed on CPU).
+        seed: the engine's base seed.
+        distributed: one engine per training rank ("external_launcher"), for multi-process runs.
+    """
+
+    def __init__(self, spec_dir, dtype: str = "float32", max_model_len: int = 2048,
+                 limit_mm_per_prompt: dict | None = None, gpu_memory_utilization: float = 0.3,
+                 enforce_eager: bool = True, seed: int = 0, distributed: bool = False):
+        spec_dir = Path(spec_dir)
+        settings = {
+            "dtype": dtype, "max_model_len": max_model_len, "limit_mm_per_prompt": dict(limit_mm_per_prompt or {}),
+            "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager, "seed": seed,
+            "distributed": distributed,
+        }
+        key = _engine_key(spec_dir, settings)
+        if key not in _ENGINES:
+            _ENGINES[key] = self._start(spec_dir, settings)
+        self.llm = _ENGINES[key]
+        self.tokenizer = self.llm.get_tokenizer()
+
+    @staticmethod
+    def _start(spec_dir: Path, settings: dict):
+        from vllm import LLM
+
+        # The engine reads its model directory again after it starts (tokenizer, processor): serve from a private
+        # copy of the small files, so a run directory can be deleted while the engine lives on for the next run
+        # in this process. Weights are linked, not copied: they are read once, at the start.
+        private = Path(tempfile.mkdtemp(prefix="mimovl-engine-"))
+        for path in spec_dir.iterdir():
+            if path.suffix == ".safetensors" or path.name.endswith(".safetensors.index.json"):
+                (private / path.name).symlink_to(path.resolve())
+            elif path.is_file():
+                shutil.copy2(path, private / path.name)
+        extra = {"distributed_executor_backend": "external_launcher"} if settings["distributed"] else {}
+        log.info("starting the vLLM engine on %s (%s)", spec_dir, settings)
+        return LLM(
+            model=str(private), dtype=settings["dtype"],
+            max_model_len=settings["max_model_len"], limit_mm_per_prompt=settings["limit_mm_per_prompt"],
+            gpu_memory_utilization=settings["gpu_memory_utilization"], enforce_eager=settings["enforce_eager"],
+            seed=settings["seed"], tensor_parallel_size=1, **extra,
+        )
+
+    def sync(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Loads the weights in place, then drops what the old weights computed: cached prompt KV and vision
+        encoder outputs (both the scheduler's record and the runner's storage)."""
+        engine = self.llm.llm_engine
+        engine.model_executor.driver_worker.worker.model_runner.reload_weights(
+            weights_iterator=iter(hf_names(named_tensors))
+        )
+        engine.reset_encoder_cache()
+        engine.reset_prefix_cache()
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling, processor) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        requests = [_vllm_request(p, processor) for p in prompts]
+        params = [
+            SamplingParams(
+                n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                # vLLM seeds the n samples of a request seed, seed + 1, ...: space the requests n apart
+                seed=None if sampling.seed is None else sampling.seed + i * sampling.n,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [
+            [Completion(list(c.token_ids), c.text, c.finish_reason == "stop") for c in output.outputs]
+            for output in outputs
+        ]
+
+
+def _vllm_request(prompt: Prompt, processor) -> dict:
+    data = {}
+    if prompt.sample.get("images"):
+        data["image"] = list(prompt.sample["images"])
+    if prompt.sample.get("videos"):
+        data["video"] = [_vllm_video(v) for v in prompt.sample["videos"]]
+    request = {"prompt": prompt_text(prompt, processor)}
+    if data:
+        request["multi_modal_data"] = data
+    return request
+
+
+def _vllm_video(video: dict):
+    """(frames (T, H, W, 3) uint8, metadata): frames already sampled at `fps` by the reader."""
+    frames = np.stack([np.asarray(f.convert("RGB")) for f in video["frames"]])
+    metadata = {
+        "fps": float(video["fps"]), "duration": len(frames) / float(video["fps"]), "total_num_frames": len(frames),
+        "frames_indices": list(range(len(frames))), "video_backend": "opencv", "do_sample_frames": False,
+    }
+    return frames, metadata
+
+
+class HFRollout:
+    """transformers' `generate` on the live policy: `sync` has nothing to do (the engine is the policy).
+
+    Slower than vLLM; for machines without vLLM and as the reference vLLM is checked against. Under FSDP2 the
+    ranks generate in lockstep (`synced_gpus`), as sharded layers need every rank in each forward.
+    """
+
+    def __init__(self, model, distributed: bool = False):
+        self.model, self.distributed = model, distributed
+
+    def sync(self, named_tensors) -> None:
+        pass
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt], sampling: Sampling, processor) -> list[list[Completion]]:
+        from mimovl.data.encode import encode_prompt
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        stop_ids = set(model.generation_config.eos_token_id or [])
+        groups = []
+        try:
+            for i, prompt in enumerate(prompts):
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed + i)
+                inputs = {k: v.to(model.device) for k, v in encode_prompt(prompt.sample, processor).items()}
+                greedy = sampling.temperature == 0
+                out = model.generate(
+                    **inputs, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+                    num_return_sequences=sampling.n, synced_gpus=self.distributed,
+                    **({} if greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}),
+                )
+                new = out[:, inputs["input_ids"].shape[1]:].tolist()
+                groups.append([_hf_completion(ids, stop_ids, processor) for ids in new])
+        finally:
+            model.train(was_training)
+        return groups
+
+
+def _hf_completion(ids: list[int], stop_ids: set[int], processor) -> Completion:
+    """Cuts the padding after the first stop token (kept, like vLLM keeps it)."""
+    for end, token in enumerate(ids):
+        if token in stop_ids:
+            ids = ids[: end + 1]
+            return Completion(ids, processor.tokenizer.decode(ids, skip_special_tokens=True), True)
+    return Completion(ids, processor.tokenizer.decode(ids, skip_special_tokens=True), False)

@@ -1,0 +1,291 @@
+"""The rule-based rewards: exact values per task, malformed and adversarial output, time bounds, threads,
+and agreement with the synthetic data's own targets."""
+
+import signal
+import threading
+import time
+
+import math_verify
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mimovl.data.synthetic import make_sample
+from mimovl.rewards import REWARDS, TASKS, safe_reward
+from mimovl.rewards.guard import bounded
+
+BOUND_S = 5.0  # every call, however adversarial its input, returns within this
+
+CASES = [
+    # (task, response, answer, expected)
+    ("math", "0.5", "\\frac{1}{2}", 1.0),
+    ("math", "\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("math", "<think>20 + 14 = 34.</think>34", "34", 1.0),
+    ("math", "The answer is \\boxed{17}.", "17", 1.0),
+    ("math", "$x^2+1$", "1+x^2", 1.0),
+    ("math", "\\boxed{2\\sqrt{3}}", "\\sqrt{12}", 1.0),
+    ("math", "\\boxed{17}", 17, 1.0),
+    ("math", "\\boxed{18}", "17", 0.0),
+    ("math", "\\boxed{17} or rather \\boxed{18}", "17", 0.0),
+    ("math", "hello there", "17", 0.0),
+    ("math", "", "17", 0.0),
+    ("math", "<think>17", "17", 0.0),
+    ("math", "<think>a</think>17<think>more", "17", 0.0),
+    ("math", "10**10**10", "17", 0.0),
+    ("math", "\\boxed{10^{10^{10}}}", "17", 0.0),
+    ("math", "\\boxed{\\gcd(10^{10^{10}}, 6)}", "2", 0.0),
+    ("math", "9" * 5000, "17", 0.0),
+    ("math", "\\boxed{" + "\\frac{1}{" * 30 + "2" + "}" * 31, "17", 0.0),
+    ("math", "\\boxed{9!!}", "17", 0.0),
+    ("multiple_choice", "B", "B", 1.0),
+    ("multiple_choice", "(B)", "B", 1.0),
+    ("multiple_choice", "B.", "B", 1.0),
+    ("multiple_choice", "b", "B", 1.0),
+    ("multiple_choice", "C", "(c)", 1.0),
+    ("multiple_choice", "The answer is B", "B", 1.0),
+    ("multiple_choice", "The answer is A.", "A", 1.0),
+    ("multiple_choice", "<think>A or B?</think>\\boxed{B}", "B", 1.0),
+    ("multiple_choice", "\\boxed{\\text{(B)}}", "B", 1.0),
+    ("multiple_choice", "B or C", "C", 1.0),
+    ("multiple_choice", "B or C", "B", 0.0),
+    ("multiple_choice", "C, I think", "C", 1.0),
+    ("multiple_choice", "A good choice is D", "D", 1.0),
+    ("multiple_choice", "C", "B", 0.0),
+    ("multiple_choice", "none of them", "B", 0.0),
+    ("multiple_choice", "<think>B</think>", "B", 0.0),
+    ("multiple_choice", "B", "not a letter", 0.0),
+    ("counting", "3", 3, 1.0),
+    ("counting", "<think>1 + 2 = 3.</think>3", 3, 1.0),
+    ("counting", "There are 3 red circles.", 3, 1.0),
+    ("counting", "Three.", 3, 1.0),
+    ("counting", "twenty", 20, 1.0),
+    ("counting", "I count 2, no, 3", 3, 1.0),
+    ("counting", "3", "3", 1.0),
+    ("counting", "4", 3, 0.0),
+    ("counting", "3.5", 3, 0.0),
+    ("counting", "-3", 3, 0.0),
+    ("counting", "3 circles, one is red", 3, 0.0),
+    ("counting", "", 3, 0.0),
+    ("counting", "<think>3", 3, 0.0),
+    ("counting", "9" * 5000, 3, 0.0),
+    ("grounding_box", "[5, 5, 15, 15]", [5, 5, 15, 15], 1.0),
+    ("grounding_box", '{"bbox_2d": [5.0, 5.0, 15.0, 15.0]}', [5, 5, 15, 15], 1.0),
+    ("grounding_box", "<think>first [0, 0, 1, 1]</think>then [5, 5, 15, 15]", [5, 5, 15, 15], 1.0),
+    # IoU 25/175, enclosing 225: GIoU = 1/7 - 50/225 = -5/63, reward (1 - 5/63) / 2 = 29/63
+    ("grounding_box", "[0, 0, 10, 10]", [5, 5, 15, 15], 29 / 63),
+    # inside: IoU 100/400, enclosing = union: GIoU 1/4, reward 5/8
+    ("grounding_box", "[0, 0, 20, 20]", [5, 5, 15, 15], 5 / 8),
+    # touching: IoU 0, enclosing = union: GIoU 0, reward 1/2
+    ("grounding_box", "[0, 0, 10, 10]", [10, 0, 20, 10], 0.5),
+    # apart: IoU 0, union 200, enclosing 300: GIoU -1/3, reward 1/3
+    ("grounding_box", "[0, 0, 10, 10]", [20, 0, 30, 10], 1 / 3),
+    # negative coordinates are taken as given: corner contact, union 200, enclosing 400: GIoU -1/2, reward 1/4
+    ("grounding_box", "[-5, -5, 5, 5]", [5, 5, 15, 15], 0.25),
+    ("grounding_box", "[15, 15, 5, 5]", [5, 5, 15, 15], 0.0),
+    ("grounding_box", "[5, 5, 15, 15]", [15, 15, 5, 5], 0.0),
+    ("grounding_box", "[a, b, c, d]", [5, 5, 15, 15], 0.0),
+    ("grounding_box", "[5, 5, 15]", [5, 5, 15, 15], 0.0),
+    ("grounding_box", "[0, 0, 200000, 200000]", [5, 5, 15, 15], 0.0),
+    ("grounding_box", "[0, 0, " + "9" * 5000 + ", 10]", [5, 5, 15, 15], 0.0),
+    ("grounding_box", "[5, 5, 5, 5]", [5, 5, 5, 5], 0.0),  # two empty boxes: GIoU is NaN
+    ("grounding_box", "<think>[5, 5, 15, 15]", [5, 5, 15, 15], 0.0),
+    ("grounding_point", '{"action": "click", "point": [24, 26]}', [1, 17, 47, 35], 1.0),
+    ("grounding_point", "click(24.5, 26.5)", [1, 17, 47, 35], 1.0),
+    ("grounding_point", "[1, 17]", [1, 17, 47, 35], 1.0),
+    ("grounding_point", "(47, 35)", [1, 17, 47, 35], 1.0),
+    ("grounding_point", "[48, 26]", [1, 17, 47, 35], 0.0),
+    ("grounding_point", "[0, 26]", [1, 17, 47, 35], 0.0),
+    ("grounding_point", "[1, 17, 47, 35]", [1, 17, 47, 35], 0.0),
+    ("grounding_point", "[24, 26]", [47, 35, 1, 17], 0.0),
+    ("grounding_point", "[x, y]", [1, 17, 47, 35], 0.0),
+    ("temporal_grounding", "[00:02,00:05]", [2, 5], 1.0),
+    ("temporal_grounding", "[0:02, 00:05]", [2, 5], 1.0),
+    ("temporal_grounding", "[00:00:02,00:00:05]", [2, 5], 1.0),
+    ("temporal_grounding", "<think>[00:00,00:01]</think>[01:00, 01:30]", [60, 90], 1.0),
+    ("temporal_grounding", "[00:02,00:06]", [4, 8], 2 / 6),
+    ("temporal_grounding", "[00:00,00:10]", [2, 5], 3 / 10),
+    ("temporal_grounding", "[00:02.5,00:05]", [2, 5], 2.5 / 3),
+    ("temporal_grounding", "[00:06,00:08]", [2, 5], 0.0),
+    ("temporal_grounding", "[00:02,00:75]", [2, 5], 0.0),
+    ("temporal_grounding", "[00:60,01:00]", [2, 5], 0.0),
+    ("temporal_grounding", "[00:60:00,01:00:00]", [2, 5], 0.0),
+    ("temporal_grounding", "[00:05,00:02]", [2, 5], 0.0),
+    ("temporal_grounding", "[00:02,00:05]", [5, 2], 0.0),
+    ("temporal_grounding", "[2, 5]", [2, 5], 0.0),
+    ("temporal_grounding", "from 2 to 5 seconds", [2, 5], 0.0),
+    ("temporal_grounding", "<think>[00:02,00:05]", [2, 5], 0.0),
+]
+
+
+def _case_id(case) -> str:
+    task, response, answer, expected = case
+    return f"{task}:{response[:40]!r}->{expected:.4g}"
+
+
+@pytest.mark.parametrize("task,response,answer,expected", CASES, ids=[_case_id(c) for c in CASES])
+def test_reward(task, response, answer, expected):
+    start = time.perf_counter()
+    value = REWARDS[task](response, answer)
+    assert time.perf_counter() - start < BOUND_S
+    assert type(value) is float
+    assert value == pytest.approx(expected, abs=1e-12)
+
+
+ADVERSARIAL = {
+    "brackets": "[" * 100_000,
+    "numbers": "[1, " * 25_000,
+    "times": "[00:0" * 20_000,
+    "boxed": "\\boxed{" * 15_000,
+    "parens": "(" * 50_000 + ")" * 50_000,
+    "think": "<think></think>" * 7_000,
+    "digits": "7" * 100_000,
+    "frac": "\\frac{1}{" * 11_000,
+    "letters": "A B " * 25_000,
+    "power": "10**" * 25_000 + "10",
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("text", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
+def test_adversarial_100kb(task, text):
+    answer = {"math": "17", "multiple_choice": "B", "counting": 3, "temporal_grounding": [2, 5]}
+    answer = answer.get(task, [5, 5, 15, 15])
+    start = time.perf_counter()
+    value = REWARDS[task](text, answer)
+    assert time.perf_counter() - start < BOUND_S
+    assert type(value) is float and 0.0 <= value <= 1.0
+
+
+_NUMBER = st.one_of(st.integers(-(10**6), 10**6), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3))
+_MATH_PIECES = st.sampled_from(list("0123456789+-*/^{}()[]!.,=xy ") + ["\\frac", "\\sqrt", "\\pi", "\\gcd", "**"])
+NEAR_VALID = st.one_of(
+    st.text(max_size=200),
+    st.lists(_NUMBER, max_size=6).map(lambda xs: "[" + ", ".join(map(str, xs)) + "]"),
+    st.tuples(*[st.integers(0, 130)] * 4).map(lambda t: f"[{t[0]:02d}:{t[1]:02d},{t[2]:02d}:{t[3]:02d}]"),
+    st.lists(_MATH_PIECES, max_size=30).map(lambda xs: "\\boxed{" + "".join(xs) + "}"),
+    st.sampled_from(["A", "(b)", "three", "12", "<think>", "</think>"]),
+)
+ANSWERS = {
+    "math": st.sampled_from(["17", "\\frac{1}{2}", "x^2+1"]),
+    "multiple_choice": st.sampled_from(["A", "B", "(c)"]),
+    "counting": st.integers(0, 20),
+    "grounding_box": st.sampled_from([[5, 5, 15, 15], [0, 0, 100, 50]]),
+    "grounding_point": st.sampled_from([[5, 5, 15, 15], [0, 0, 100, 50]]),
+    "temporal_grounding": st.sampled_from([[2, 5], [0, 60]]),
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_property_float_in_range_and_bounded(task):
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(prefix=st.text(max_size=30), pieces=st.lists(NEAR_VALID, min_size=1, max_size=3), answer=ANSWERS[task])
+    def check(prefix, pieces, answer):
+        start = time.perf_counter()
+        value = REWARDS[task](prefix + " ".join(pieces), answer)
+        assert time.perf_counter() - start < BOUND_S
+        assert type(value) is float and 0.0 <= value <= 1.0
+
+    check()
+
+
+CORRECT = {
+    "math": ("<think>so</think>\\boxed{0.5}", "\\frac{1}{2}"),
+    "multiple_choice": ("The answer is (C).", "C"),
+    "counting": ("three", 3),
+    "grounding_box": ("[5, 5, 15, 15]", [5, 5, 15, 15]),
+    "grounding_point": ("[10, 10]", [5, 5, 15, 15]),
+    "temporal_grounding": ("[00:02,00:05]", [2, 5]),
+}
+
+
+def test_rewards_off_the_main_thread():
+    """math-verify alone raises ValueError off the main thread (its timeouts use signal.alarm); ours score."""
+    results = {}
+
+    def score(name, task, response, answer):
+        results[name] = REWARDS[task](response, answer)
+
+    threads = [threading.Thread(target=score, args=(task, task, *CORRECT[task])) for task in TASKS]
+    threads += [
+        threading.Thread(target=score, args=(f"math{i}", "math", f"\\boxed{{{i}/2}}", str(i / 2))) for i in range(8)
+    ]
+    threads.append(threading.Thread(target=score, args=("huge", "math", "\\boxed{10^{10^{10}}}", "1")))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == {**{task: 1.0 for task in TASKS}, **{f"math{i}": 1.0 for i in range(8)}, "huge": 0.0}
+
+
+def test_math_verify_alone_fails_off_the_main_thread():
+    """Why the rewards run math-verify in a forked child: called from a thread with its default timeouts,
+    it raises (and with timeouts off, `10**10**10` never returns)."""
+    errors = []
+
+    def call():
+        try:
+            math_verify.parse("$\\frac{1}{2}$")
+        except ValueError as e:
+            errors.append(str(e))
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and "doesn't support threaded environment" in errors[0]
+
+
+def test_math_leaves_the_callers_alarm_alone():
+    """math-verify's timeouts call signal.alarm(0) when done, which would cancel a timer of the caller's."""
+    before = signal.setitimer(signal.ITIMER_REAL, 1000)
+    try:
+        assert REWARDS["math"]("\\boxed{17}", "17") == 1.0
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 900
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, *before)
+
+
+def _sleep_then_true():
+    time.sleep(30)
+    return True
+
+
+def _raise():
+    raise RuntimeError("boom")
+
+
+def test_bounded_kills_at_the_deadline():
+    start = time.perf_counter()
+    assert bounded(_sleep_then_true, timeout_s=0.5) is False
+    assert time.perf_counter() - start < 3
+    assert bounded(_raise, timeout_s=5) is False
+    assert bounded(lambda x: x == 2, 2, timeout_s=5) is True
+
+
+def test_safe_reward():
+    assert safe_reward("counting", "3", 3) == 1.0
+    with pytest.raises(KeyError, match="known tasks: math, multiple_choice, counting"):
+        safe_reward("ocr", "cat", "cat")
+
+
+# the samples of these types that carry meta["task"], i.e. those the RL stage scores
+SYNTHETIC = [
+    (t, i)
+    for t in ("grounding", "gui", "video", "qa", "reasoning")
+    for i in range(6)
+    if "task" in make_sample(t, i)["meta"]
+]
+
+
+@pytest.mark.parametrize("sample_type,index", SYNTHETIC, ids=[f"{t}{i}" for t, i in SYNTHETIC])
+def test_synthetic_targets_score_one(sample_type, index):
+    """The sample's own assistant text scores 1.0 against its meta answer: the data and the verifiers agree."""
+    sample = make_sample(sample_type, index)
+    target = [m for m in sample["messages"] if m["role"] == "assistant"][-1]
+    text = "".join(part["text"] for part in target["content"] if part["type"] == "text")
+    assert REWARDS[sample["meta"]["task"]](text, sample["meta"]["answer"]) == 1.0
+
+
+def test_synthetic_covers_every_type_and_task():
+    assert {t for t, _ in SYNTHETIC} == {"grounding", "gui", "video", "qa", "reasoning"}
+    tasks = {make_sample(t, i)["meta"]["task"] for t, i in SYNTHETIC}
+    assert tasks == {"grounding_box", "grounding_point", "temporal_grounding", "counting", "math"}
