@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import hydra
+import lightning.pytorch as pl
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, get_method
@@ -98,6 +99,6 @@ def test_7b_model_requires_component_paths():
 def test_every_logger_builds_a_trainer(logger, tmp_path):
     cfg = _compose(f"logger={logger}", f"paths.runs_dir={tmp_path}", "trainer.accelerator=cpu")
     hydra.core.utils.HydraConfig.instance().set_config(cfg)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, pl.LightningModule())
     assert trainer.max_steps == stage_steps(cfg.stage, 1)
     assert (trainer.logger is None) == (logger == "none")

@@ -60,14 +60,21 @@ def stage_steps(stage: DictConfig, world_size: int) -> int:
     return min(steps, stage.max_steps) if stage.max_steps else steps
 
 
-def build_trainer(cfg: DictConfig) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, module: pl.LightningModule) -> pl.Trainer:
     strategy = hydra.utils.instantiate(cfg.strategy) if cfg.strategy.get("_target_") else "auto"
     logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else False
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    stage_callbacks = cfg.stage.get("callbacks") or {}
+    callbacks = [hydra.utils.instantiate(c) for c in [*cfg.callbacks.values(), *stage_callbacks.values()]
+                 if c is not None]
     if not logger:  # Lightning refuses a learning-rate monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = hydra.utils.instantiate(cfg.trainer, strategy=strategy, logger=logger, callbacks=callbacks)
-    trainer.fit_loop.epoch_loop.max_steps = stage_steps(cfg.stage, trainer.world_size)
+    overrides = {}
+    if not module.automatic_optimization:  # Lightning cannot clip for it: the module clips each of its steps
+        module.gradient_clip_val = cfg.trainer.gradient_clip_val
+        overrides["gradient_clip_val"] = None
+    trainer = hydra.utils.instantiate(cfg.trainer, strategy=strategy, logger=logger, callbacks=callbacks, **overrides)
+    steps = stage_steps(cfg.stage, trainer.world_size)
+    trainer.fit_loop.epoch_loop.max_steps = steps * getattr(module, "updates_per_batch", 1)
     return trainer
 
 
@@ -87,7 +94,7 @@ def run(cfg: DictConfig) -> dict:
     model, processor = build_model(cfg, init)
     data = hydra.utils.instantiate(cfg.stage.datamodule, processor=processor, _convert_="all")
     module = hydra.utils.instantiate(cfg.stage.module, model=model, _convert_="all")
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, module)
     last = output_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if cfg.resume and last.exists() else None
     if ckpt_path:

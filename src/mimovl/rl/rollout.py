@@ -113,7 +113,11 @@ class VLLMRollout:
         if key not in _ENGINES:
             _ENGINES[key] = self._start(spec_dir, settings)
         self.llm = _ENGINES[key]
-        self.tokenizer = self.llm.get_tokenizer()
+
+    @classmethod
+    def from_policy(cls, policy, export, distributed: bool = False, **settings) -> "VLLMRollout":
+        """An engine for `policy`, started (or reused) from the directory `export()` writes."""
+        return cls(export(), distributed=distributed, **settings)
 
     @staticmethod
     def _start(spec_dir: Path, settings: dict):
@@ -196,8 +200,14 @@ class HFRollout:
     ranks generate in lockstep (`synced_gpus`), as sharded layers need every rank in each forward.
     """
 
+    needs_weights = False  # it generates with the policy itself
+
     def __init__(self, model, distributed: bool = False):
         self.model, self.distributed = model, distributed
+
+    @classmethod
+    def from_policy(cls, policy, export=None, distributed: bool = False) -> "HFRollout":
+        return cls(policy, distributed)
 
     def sync(self, named_tensors) -> None:
         pass

@@ -3,14 +3,19 @@
 from lightning.pytorch.callbacks import ThroughputMonitor
 
 
+def _packed(batch: dict) -> list[dict]:
+    """The packed batches in a step's batch: itself, or an RL step's minibatches."""
+    return batch.get("minibatches", [batch])
+
+
 def real_tokens(batch: dict) -> int:
     """Non-padding tokens of a packed batch."""
-    return int((batch["segment_ids"] > 0).sum())
+    return sum(int((b["segment_ids"] > 0).sum()) for b in _packed(batch))
 
 
 def rows(batch: dict) -> int:
     """Packed rows in the batch."""
-    return int(batch["input_ids"].shape[0])
+    return sum(int(b["input_ids"].shape[0]) for b in _packed(batch))
 
 
 def token_throughput_monitor(window_size: int = 5) -> ThroughputMonitor:
