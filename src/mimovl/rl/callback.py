@@ -25,7 +25,7 @@ from mimovl.rewards.router import RewardRouter
 from mimovl.rl.batch import rollout_batch
 from mimovl.rl.grpo import LossConfig, group_advantages
 from mimovl.rl.rollout import Sampling
-from mimovl.rl.sampling import EasyPool, all_pass, informative
+from mimovl.rl.sampling import EasyPool, collect
 from mimovl.stages.sharding import full_state_dict
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class RolloutCallback(pl.Callback):
         return time.perf_counter() - start
 
     def on_train_batch_start(self, trainer: pl.Trainer, module, batch: dict, batch_idx: int) -> None:
-        timings = {"sync": self._sync(module)}
+        timings = {"sync": self._sync(module), "rounds": 0}
         kept, stats = self._collect(trainer, batch["prompts"], timings)
         prompts, groups, rewards = (list(x) for x in zip(*kept))
         advantages = group_advantages(torch.tensor(rewards), self.loss.std_eps)
@@ -145,18 +145,14 @@ class RolloutCallback(pl.Callback):
             self._write_samples(trainer, prompts, groups, rewards)
 
     def _collect(self, trainer, prompts: list, timings: dict) -> tuple[list, dict]:
-        """Groups to train on: rollout rounds until `prompts_per_step` informative groups are found (dynamic
-        sampling) or `max_rounds` ran. Every rank runs the same number of rounds (HF rollouts under FSDP2 are
-        collective). With none informative, one group is kept anyway (its advantages are zero)."""
-        config, need = self.config, len(prompts)
+        """The groups to train on (`mimovl.rl.sampling.collect`), and every group seen per kind for metrics."""
+        config = self.config
         sampling = Sampling(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens)
-        kept, dropped = [], []
-        stats = defaultdict(list)
-        timings.update(generate=0.0, reward=0.0, tokens=0, rounds=0)
-        for round_ in range(config.max_rounds):
-            prompts = self.pool.mix(prompts)
-            sampling.seed = self.seed + 1_000_003 * (trainer.global_step + 1) + 10_007 * round_
+        timings.update(generate=0.0, reward=0.0, tokens=0)
+
+        def rollout(prompts):
+            sampling.seed = self.seed + 1_000_003 * (trainer.global_step + 1) + 10_007 * timings["rounds"]
             start = time.perf_counter()
             groups = self.engine.generate(prompts, sampling, self.processor)
             timings["generate"] += time.perf_counter() - start
@@ -165,19 +161,16 @@ class RolloutCallback(pl.Callback):
             rewards = self.router.score(prompts, [[c.text for c in g] for g in groups])
             timings["reward"] += time.perf_counter() - start
             timings["rounds"] += 1
-            for prompt, group, reward in zip(prompts, groups, rewards):
-                useful = informative(reward) or not config.dynamic_sampling
+            return groups, rewards
+
+        result = collect(prompts, rollout, trainer.datamodule.draw, len(prompts), config.max_rounds,
+                         config.dynamic_sampling, self.pool, config.pass_threshold,
+                         lambda flag: _any_rank(flag, trainer))
+        stats = defaultdict(list)
+        for rows, useful in ((result.kept, True), (result.dropped, False)):
+            for prompt, group, reward in rows:
                 stats[prompt.kind].append((reward, group, useful))
-                if all_pass(reward, config.pass_threshold):
-                    self.pool.add(prompt)
-                (kept if useful else dropped).append((prompt, group, reward))
-            missing = max(0, need - len(kept))
-            if not _any_rank(missing > 0, trainer):
-                break
-            prompts = trainer.datamodule.draw(max(missing, 1))
-        if not kept:
-            kept = dropped[:1]
-        return kept[:need], stats
+        return result.kept, stats
 
     # ---- what it reports ----
 

@@ -83,16 +83,21 @@ def policy_loss(
     ref_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss over flat per-token tensors (N,): log pi of each response token, its response's advantage and
-    its aggregation coefficient. `old_logp` (detached, the policy that sampled) defaults to `logp.detach()`:
-    the ratio is then 1 and the gradient is sum coef * A * grad log pi, the report's. Returns (loss, stats)."""
-    old_logp = logp.detach() if old_logp is None else old_logp
-    ratio = torch.exp(logp - old_logp)
-    surrogate = ratio * advantages
+    its aggregation coefficient. Without `old_logp` (one on-policy update) and without clipping it is the
+    report's -sum(coef * A * log pi), whose gradient is -sum(coef * A * grad log pi). Otherwise the ratio form
+    -sum(coef * min(ratio * A, clip(ratio) * A)) with ratio = pi / pi_old (`old_logp` defaults to
+    `logp.detach()`, so the ratio is 1 and the gradient is the same). Returns (loss, stats)."""
     clipped_share = 0.0
-    if config.clip_low is not None:
-        bounded = torch.clamp(ratio, 1.0 - config.clip_low, 1.0 + config.clip_high) * advantages
-        clipped_share = float((bounded < surrogate).float().mean()) if surrogate.numel() else 0.0
-        surrogate = torch.minimum(surrogate, bounded)
+    if old_logp is None and config.clip_low is None:
+        surrogate = advantages * logp
+    else:
+        old_logp = logp.detach() if old_logp is None else old_logp
+        ratio = torch.exp(logp - old_logp)
+        surrogate = ratio * advantages
+        if config.clip_low is not None:
+            bounded = torch.clamp(ratio, 1.0 - config.clip_low, 1.0 + config.clip_high) * advantages
+            clipped_share = float((bounded < surrogate).float().mean()) if surrogate.numel() else 0.0
+            surrogate = torch.minimum(surrogate, bounded)
     loss = -(coef * surrogate).sum()
     stats = {"clipped": clipped_share}
     if config.kl_coef:

@@ -77,8 +77,13 @@ _ENGINES: dict[str, object] = {}
 
 
 def _engine_key(spec_dir: Path, settings: dict) -> str:
+    """What an engine serves: settings, the config (without where it was saved from) and processor files."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name in SPEC_FILES:
+    config = json.loads((spec_dir / "config.json").read_text())
+    for volatile in ("_name_or_path", "transformers_version"):
+        config.pop(volatile, None)
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    for name in SPEC_FILES[1:]:
         path = spec_dir / name
         if path.exists():
             digest.update(name.encode() + path.read_bytes())

@@ -6,6 +6,8 @@ with a small probability, so solved skills are still rehearsed.
 """
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 
 def informative(rewards: list[float], tolerance: float = 1e-9) -> bool:
@@ -43,3 +45,43 @@ class EasyPool:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+
+@dataclass
+class Collected:
+    """What `collect` gathered: the groups to train on, and every group seen (for per-kind metrics)."""
+
+    kept: list = field(default_factory=list)      # (prompt, group, rewards), informative first-come
+    dropped: list = field(default_factory=list)   # (prompt, group, rewards) with all rewards equal
+    rounds: int = 0
+
+
+def collect(prompts: list, rollout: Callable, draw: Callable, need: int, max_rounds: int, dynamic: bool = True,
+            pool: EasyPool | None = None, pass_threshold: float = 1.0,
+            more_anywhere: Callable[[bool], bool] = lambda flag: flag) -> Collected:
+    """Rollout rounds until `need` groups are kept or `max_rounds` ran.
+
+    rollout(prompts) -> (groups, rewards) samples and scores one round; draw(k) -> k fresh prompts refills the
+    groups dynamic sampling dropped (with `dynamic` off every group is kept). Prompts whose whole group passes
+    go to `pool`, which also mixes its prompts into each round. `more_anywhere(flag)` says whether any rank
+    still needs a round (every rank runs the same number). With nothing kept, the first dropped group is
+    kept (zero advantages) so the step still runs. Returns at most `need` kept groups.
+    """
+    result = Collected()
+    for _ in range(max_rounds):
+        if pool is not None:
+            prompts = pool.mix(prompts)
+        groups, rewards = rollout(prompts)
+        result.rounds += 1
+        for prompt, group, reward in zip(prompts, groups, rewards):
+            if pool is not None and all_pass(reward, pass_threshold):
+                pool.add(prompt)
+            (result.kept if informative(reward) or not dynamic else result.dropped).append((prompt, group, reward))
+        missing = need - len(result.kept)
+        if not more_anywhere(missing > 0):
+            break
+        prompts = draw(max(missing, 1))
+    if not result.kept:
+        result.kept = result.dropped[:1]
+    result.kept = result.kept[:need]
+    return result
