@@ -33,27 +33,33 @@ def tiny_hf_dir(tmp_path_factory):
     return export_hf(model, processor, tmp_path_factory.mktemp("tiny_hf"))
 
 
+def _uses_vllm(item) -> bool:
+    return "vllm_engine" in getattr(item, "fixturenames", ()) or item.get_closest_marker("vllm") is not None
+
+
 def pytest_collection_modifyitems(items):
-    """Run the tests that use `vllm_engine` last. The in-process engine initialises torch.distributed
-    (gloo, world size 1) for the rest of the session, and a Lightning fit started after it hung (seen:
-    test_train's stage chain, 65 s alone, still waiting after 430 s)."""
-    items.sort(key=lambda item: "vllm_engine" in getattr(item, "fixturenames", ()))
+    """Run the tests that start vLLM last. The in-process engine initialises torch.distributed (gloo, world
+    size 1) and binds OpenMP threads for the rest of the session; a DataLoader worker forked after that hangs
+    (seen: test_train's stage chain, 65 s alone, still waiting after 430 s)."""
+    items.sort(key=_uses_vllm)
+
+
+# The engine settings of conf/rollout/vllm.yaml (seed 0): RL runs in the same session reuse this engine.
+ENGINE_SETTINGS = {"dtype": "float32", "max_model_len": 2048, "limit_mm_per_prompt": {"image": 2, "video": 1},
+                   "gpu_memory_utilization": 0.3, "enforce_eager": True, "seed": 0}
 
 
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_hf_dir):
-    """A `vllm.LLM` (float32, eager, one image per prompt) serving `tiny_hf_dir`; it starts in ~30 s.
+    """A `mimovl.rl.rollout.VLLMRollout` (float32, eager) started from `tiny_hf_dir`; it starts in ~30 s.
 
-    Shared by every test in the session: a test that syncs other weights into it must restore the
-    weights of `tiny_hf_dir` before it returns. Torn down (process group included) at session end.
+    One engine per session, shared with every RL run of the session (engines are kept per process by what
+    they serve). Its weights are whatever was synced last: a test syncs the weights it means to use.
+    Torn down (process group included) at session end.
     """
-    from vllm import LLM
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-    engine = LLM(
-        model=str(tiny_hf_dir), dtype="float32", max_model_len=1024, enforce_eager=True,
-        limit_mm_per_prompt={"image": 1}, seed=0,
-    )
-    yield engine
-    del engine
+    from mimovl.rl.rollout import VLLMRollout
+
+    yield VLLMRollout(tiny_hf_dir, **ENGINE_SETTINGS)
     cleanup_dist_env_and_memory()

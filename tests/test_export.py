@@ -75,7 +75,8 @@ def test_vllm_greedy_equals_transformers_generate(vllm_engine, tiny_hf_dir, make
     images = [make_image(seed=0), make_image(width=224, height=224, seed=1)]
     texts = ["Describe it.", "How many?"]
     prompts = [image_batch(processor, image, text) for image, text in zip(images, texts)]
-    outputs = vllm_engine.generate(
+    vllm_engine.sync(model.state_dict().items())
+    outputs = vllm_engine.llm.generate(
         [{"prompt": p, "multi_modal_data": {"image": image}} for (p, _), image in zip(prompts, images)],
         SamplingParams(temperature=0.0, max_tokens=16),
     )

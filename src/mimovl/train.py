@@ -64,8 +64,8 @@ def build_trainer(cfg: DictConfig, module: pl.LightningModule) -> pl.Trainer:
     strategy = hydra.utils.instantiate(cfg.strategy) if cfg.strategy.get("_target_") else "auto"
     logger = hydra.utils.instantiate(cfg.logger) if cfg.logger.get("_target_") else False
     stage_callbacks = cfg.stage.get("callbacks") or {}
-    callbacks = [hydra.utils.instantiate(c) for c in [*cfg.callbacks.values(), *stage_callbacks.values()]
-                 if c is not None]
+    callbacks = [hydra.utils.instantiate(c, _convert_="all")
+                 for c in [*cfg.callbacks.values(), *stage_callbacks.values()] if c is not None]
     if not logger:  # Lightning refuses a learning-rate monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     overrides = {}

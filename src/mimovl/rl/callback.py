@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -209,9 +209,6 @@ class RolloutCallback(pl.Callback):
             data = [[row[k] for k in columns[:-1]] + [wandb.Image(row["image"]) if row["image"] else None]
                     for row in rows]
             logger.log_table(key="rollouts", columns=columns, data=data, step=trainer.global_step)
-
-    def state_dict(self) -> dict:
-        return {"config": asdict(self.config)}
 
 
 def _full_tensors(net):

@@ -160,15 +160,10 @@ class VLLMRollout:
         from vllm import SamplingParams
 
         requests = [_vllm_request(p, processor) for p in prompts]
-        params = [
-            SamplingParams(
-                n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                max_tokens=sampling.max_new_tokens,
-                # vLLM seeds the n samples of a request seed, seed + 1, ...: space the requests n apart
-                seed=None if sampling.seed is None else sampling.seed + i * sampling.n,
-            )
-            for i in range(len(prompts))
-        ]
+        # No per-request seed: vLLM's CPU runner fails on seeded requests split by chunked prefill ("CPU
+        # Generator does not use offset"). Sampling draws from the engine's generator, seeded once at start.
+        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_new_tokens)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [
             [Completion(list(c.token_ids), c.text, c.finish_reason == "stop") for c in output.outputs]

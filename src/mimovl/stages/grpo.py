@@ -127,15 +127,14 @@ class GRPOModule(pl.LightningModule):
     def summary(self) -> dict:
         """summary.json figures: losses and the held-out reward per task before and after RL."""
         before, after = self.rewards["before"] or {}, self.rewards["after"] or {}
-        mean = (lambda r: sum(r.values()) / len(r) if r else None)
         return {
             "first_loss": self.loss_history[0] if self.loss_history else None,
             "last_loss": self.loss_history[-1] if self.loss_history else None,
             "loss_history": self.loss_history,
             "reward_before": before,
             "reward_after": after,
-            "mean_reward_before": mean(before),
-            "mean_reward_after": mean(after),
+            "mean_reward_before": _mean(before),
+            "mean_reward_after": _mean(after),
         }
 
     def headline(self) -> str:
@@ -152,3 +151,7 @@ class GRPOModule(pl.LightningModule):
         state = checkpoint.get("mimovl", {})
         self.loss_history = list(state.get("loss_history", []))
         self.rewards.update(state.get("rewards", {}))
+
+
+def _mean(values: dict) -> float | None:
+    return sum(values.values()) / len(values) if values else None
