@@ -17,14 +17,18 @@ from mimovl.rl.data import PromptDataModule
 from mimovl.rl.rollout import HFRollout, Sampling, VLLMRollout
 
 TASK_MIX = "{qa: 1.0, reasoning: 1.0, grounding: 1.0, gui: 1.0, video: 1.0}"
-SFT = ["stage=sft", "stage.max_steps=120", "stage.module.lr={vit: 2e-3, projector: 2e-3, llm: 2e-3}",
+SFT = ["stage=sft", "stage.max_steps=110", "stage.module.lr={vit: 2e-3, projector: 2e-3, llm: 2e-3}",
        "stage.seq_len=1024", "stage.batch_size=4", f"stage.mix={TASK_MIX}"]
 # Both runs read their data in this process: a DataLoader worker forked after vLLM has started would hang.
 COMMON = ["data.num_workers=0", "data.generate.n_per_type=400", "data.heldout_generate.n_per_type=64"]
-RL = ["stage=rl", "stage.steps=30", f"stage.mix={TASK_MIX}", "rl.prompts_per_step=8", "rl.group_size=8",
-      "rl.max_new_tokens=32", "rl.heldout_per_kind=48", "stage.module.lr={vit: 1e-4, projector: 1e-4, llm: 1e-4}"]
-# Held-out mean reward gain over the five tasks that the RL run must beat (measured: see test_rl_learns).
-MIN_GAIN = 0.05
+RL = ["stage=rl", "stage.steps=20", f"stage.mix={TASK_MIX}", "rl.prompts_per_step=8", "rl.group_size=8",
+      "rl.max_new_tokens=32", "rl.max_rounds=2", "rl.heldout_per_kind=48",
+      "stage.module.lr={vit: 2e-4, projector: 2e-4, llm: 2e-4}"]
+# The held-out mean reward over the five tasks (48 greedy prompts each) must rise by more than MIN_GAIN, and
+# box grounding (a dense reward: GIoU) by more than MIN_BOX_GAIN. Measured on this machine kind in three runs
+# (RL alone, then this module twice): mean +0.137, +0.112, +0.056; grounding_box 0.06-0.07 -> 0.49-0.50 each time.
+MIN_GAIN = 0.03
+MIN_BOX_GAIN = 0.2
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +53,7 @@ def test_rl_raises_the_heldout_reward(rl_run):
     print(f"held-out reward {rl_run['mean_reward_before']:.3f} -> {rl_run['mean_reward_after']:.3f}: "
           f"{json.dumps(before)} -> {json.dumps(after)}")
     assert gain > MIN_GAIN, (before, after)
+    assert after["grounding_box"] - before["grounding_box"] > MIN_BOX_GAIN, (before, after)
     written = json.loads((Path(rl_run["output_dir"]) / "summary.json").read_text())
     assert written["reward_after"] == after
     assert (Path(rl_run["output_dir"]) / "rollouts.jsonl").stat().st_size > 0
