@@ -29,6 +29,8 @@ RL = ["stage=rl", "stage.steps=20", f"stage.mix={TASK_MIX}", "rl.prompts_per_ste
 # (RL alone, then this module twice): mean +0.137, +0.112, +0.056; grounding_box 0.06-0.07 -> 0.49-0.50 each time.
 MIN_GAIN = 0.03
 MIN_BOX_GAIN = 0.2
+# The SFT and RL fixtures take about 3 + 5 minutes on 2 free cores; a test's timeout includes its fixtures.
+FIXTURE_TIMEOUT = 1800
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,7 @@ def rl_run(sft_policy, vllm_engine) -> dict:
 
 @pytest.mark.vllm
 @pytest.mark.slow
+@pytest.mark.timeout(FIXTURE_TIMEOUT)
 def test_rl_raises_the_heldout_reward(rl_run):
     before, after = rl_run["reward_before"], rl_run["reward_after"]
     assert set(before) == set(after) == {"math", "counting", "grounding_box", "grounding_point",
@@ -61,6 +64,7 @@ def test_rl_raises_the_heldout_reward(rl_run):
 
 @pytest.mark.vllm
 @pytest.mark.slow
+@pytest.mark.timeout(FIXTURE_TIMEOUT)
 def test_vllm_serves_the_trained_weights_after_sync(rl_run, sft_policy, vllm_engine):
     """After the last optimizer step and its sync, vLLM's greedy tokens equal transformers' from the export."""
     engine = VLLMRollout(Path(rl_run["output_dir"]) / "rollout_start", **ENGINE_SETTINGS)
@@ -83,6 +87,7 @@ def test_vllm_serves_the_trained_weights_after_sync(rl_run, sft_policy, vllm_eng
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(FIXTURE_TIMEOUT)
 def test_transformers_rollout_backend_trains(sft_policy):
     tmp, policy = sft_policy
     summary = run_stage(tmp, "stage=rl", "rollout=hf", "stage.steps=2", f"stage.mix={TASK_MIX}",

@@ -103,8 +103,17 @@ def _features(sample: dict, text: str, processor):
     kwargs = {}
     if videos:
         kwargs["videos"] = [video["frames"] for video in videos]
-        kwargs["fps"] = videos[0]["fps"]  # the processor takes one rate; the reader resamples every video to it
+        # Each video's real rate, as metadata: without it the processor assumes 24 fps and the temporal MRoPE
+        # positions (second_per_grid_ts) come out 12x too small at 2 fps; vLLM reads the same metadata.
+        kwargs["video_metadata"] = [video_metadata(video) for video in videos]
+        kwargs["do_sample_frames"] = False  # the reader already sampled them
     return processor(text=[text], images=sample.get("images") or None, return_tensors="pt", **kwargs)
+
+
+def video_metadata(video: dict) -> dict:
+    """transformers' / vLLM's metadata for a schema video whose frames are already sampled at video["fps"]."""
+    n, fps = len(video["frames"]), float(video["fps"])
+    return {"fps": fps, "total_num_frames": n, "frames_indices": list(range(n)), "duration": n / fps}
 
 
 def encode_prompt(sample: dict, processor) -> dict:

@@ -141,6 +141,9 @@ class RolloutCallback(pl.Callback):
         batch["minibatches"] = minibatches
         module.rollout_timings = timings
         self._log(module, stats, timings)
+        # Each rank rolls out its own prompts; rollouts.jsonl is rank 0's alone, so say per rank what it trained on.
+        log.debug("step %d, rank %d trains on %s", trainer.global_step, trainer.global_rank,
+                  json.dumps([p.key for p in prompts]))
         if trainer.is_global_zero and self.config.table_every and trainer.global_step % self.config.table_every == 0:
             self._write_samples(trainer, prompts, groups, rewards)
 

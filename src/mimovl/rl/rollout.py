@@ -12,13 +12,14 @@ by what they serve (config, processor and engine settings), so later runs and te
 one instead of paying the start again.
 `HFRollout` calls transformers' `generate` on the live policy: nothing to sync, slower, no vLLM needed.
 
-Under two or more ranks each rank rolls out its own prompts with its own engine (vLLM's "external_launcher"
-executor: one engine per training process, tensor parallel size 1).
+Under two or more ranks each rank rolls out its own prompts with its own vLLM engine ("external_launcher"
+executor: one engine per training process, tensor parallel size 1); `HFRollout` is single-process.
 """
 
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mimovl.data.encode import encode_prompt, video_metadata
 from mimovl.rl.prompts import Prompt, prompt_text
 
 log = logging.getLogger(__name__)
@@ -76,17 +78,30 @@ def hf_names(named_tensors: Iterable[tuple[str, torch.Tensor]]):
 _ENGINES: dict[str, object] = {}
 
 
+# Keys that say where or with what a directory was written, not what it serves.
+VOLATILE_KEYS = frozenset({"_name_or_path", "name_or_path", "transformers_version", "dtype", "torch_dtype"})
+
+
+def _normalised(value):
+    """A JSON value without VOLATILE_KEYS at any depth (the engine's dtype is a setting of its own)."""
+    if isinstance(value, dict):
+        return {k: _normalised(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    return value
+
+
 def _engine_key(spec_dir: Path, settings: dict) -> str:
-    """What an engine serves: settings, the config (without where it was saved from) and processor files."""
+    """What an engine serves: its settings, and the model's config and processor files (normalised)."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    config = json.loads((spec_dir / "config.json").read_text())
-    for volatile in ("_name_or_path", "transformers_version"):
-        config.pop(volatile, None)
-    digest.update(json.dumps(config, sort_keys=True).encode())
-    for name in SPEC_FILES[1:]:
+    for name in SPEC_FILES:
         path = spec_dir / name
-        if path.exists():
-            digest.update(name.encode() + path.read_bytes())
+        if not path.exists():
+            continue
+        content = path.read_bytes()
+        if path.suffix == ".json":
+            content = json.dumps(_normalised(json.loads(content)), sort_keys=True).encode()
+        digest.update(name.encode() + content)
     return digest.hexdigest()
 
 
@@ -101,7 +116,7 @@ class VLLMRollout:
         gpu_memory_utilization: the engine's share of GPU memory (colocated with training: keep it small).
             On CPU the KV cache size comes from VLLM_CPU_KVCACHE_SPACE (GiB) instead.
         enforce_eager: no CUDA graphs (faster start; needed on CPU).
-        seed: the engine's base seed.
+        seed: the engine's base seed (plus the rank, when distributed).
         distributed: one engine per training rank ("external_launcher"), for multi-process runs.
     """
 
@@ -137,13 +152,25 @@ class VLLMRollout:
                 (private / path.name).symlink_to(path.resolve())
             elif path.is_file():
                 shutil.copy2(path, private / path.name)
-        extra = {"distributed_executor_backend": "external_launcher"} if settings["distributed"] else {}
+        seed, extra = settings["seed"], {}
+        if settings["distributed"]:
+            extra["distributed_executor_backend"] = "external_launcher"
+            # The executor reads its rank from torchrun's RANK variable. Lightning's launcher sets LOCAL_RANK,
+            # WORLD_SIZE and MASTER_ADDR/PORT but not RANK; the process group it started already knows it.
+            # (vLLM joins that group rather than starting its own, and with tensor parallel size 1 makes each
+            # rank an independent engine: every rank generates its own prompts.)
+            import torch.distributed as dist
+
+            rank = dist.get_rank()
+            os.environ.setdefault("RANK", str(rank))
+            # Its own sampling seed per rank, or all ranks would draw the same random numbers.
+            seed += rank
         log.info("starting the vLLM engine on %s (%s)", spec_dir, settings)
         return LLM(
             model=str(private), dtype=settings["dtype"],
             max_model_len=settings["max_model_len"], limit_mm_per_prompt=settings["limit_mm_per_prompt"],
             gpu_memory_utilization=settings["gpu_memory_utilization"], enforce_eager=settings["enforce_eager"],
-            seed=settings["seed"], tensor_parallel_size=1, **extra,
+            seed=seed, tensor_parallel_size=1, **extra,
         )
 
     def sync(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -184,38 +211,38 @@ def _vllm_request(prompt: Prompt, processor) -> dict:
 
 
 def _vllm_video(video: dict):
-    """(frames (T, H, W, 3) uint8, metadata): frames already sampled at `fps` by the reader."""
+    """(frames (T, H, W, 3) uint8, metadata): frames already sampled at `fps` by the reader, with the same
+    metadata the training side gives transformers' processor."""
     frames = np.stack([np.asarray(f.convert("RGB")) for f in video["frames"]])
-    metadata = {
-        "fps": float(video["fps"]), "duration": len(frames) / float(video["fps"]), "total_num_frames": len(frames),
-        "frames_indices": list(range(len(frames))), "video_backend": "opencv", "do_sample_frames": False,
-    }
-    return frames, metadata
+    return frames, {**video_metadata(video), "video_backend": "opencv", "do_sample_frames": False}
 
 
 class HFRollout:
     """transformers' `generate` on the live policy: `sync` has nothing to do (the engine is the policy).
 
-    Slower than vLLM; for machines without vLLM and as the reference vLLM is checked against. Under FSDP2 the
-    ranks generate in lockstep (`synced_gpus`), as sharded layers need every rank in each forward.
+    Slower than vLLM; for machines without vLLM and as the reference vLLM is checked against. One process
+    only (see `from_policy`).
     """
 
     needs_weights = False  # it generates with the policy itself
 
-    def __init__(self, model, distributed: bool = False):
-        self.model, self.distributed = model, distributed
+    def __init__(self, model):
+        self.model = model
 
     @classmethod
     def from_policy(cls, policy, export=None, distributed: bool = False) -> "HFRollout":
-        return cls(policy, distributed)
+        if distributed:
+            # Under FSDP2 the root's weights (embeddings, head, patch embedding) stay sharded when generate is
+            # called past the root, and ranks with different prompt counts would not meet in their collectives.
+            raise NotImplementedError("rollout=hf runs in one process; with 2+ ranks use rollout=vllm "
+                                      "(one engine per rank)")
+        return cls(policy)
 
     def sync(self, named_tensors) -> None:
         pass
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: Sampling, processor) -> list[list[Completion]]:
-        from mimovl.data.encode import encode_prompt
-
         model = self.model
         was_training = model.training
         model.eval()
@@ -229,7 +256,7 @@ class HFRollout:
                 greedy = sampling.temperature == 0
                 out = model.generate(
                     **inputs, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
-                    num_return_sequences=sampling.n, synced_gpus=self.distributed,
+                    num_return_sequences=sampling.n,
                     **({} if greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}),
                 )
                 new = out[:, inputs["input_ids"].shape[1]:].tolist()
