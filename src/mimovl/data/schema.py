@@ -21,6 +21,8 @@ are text and images in reading order; training supervises all of their text. Eve
 an optional system message (text only), then user and assistant messages alternating, starting with user
 and ending with assistant; images and videos appear only in user messages, assistant messages are text.
 Reasoning answers read `<think>steps</think>answer`.
+A preference sample is a chat prompt without its answer: the same roles, but ending with a user message; its
+two candidate answers are meta["chosen"] (the better one) and meta["rejected"] (strings, assistant text).
 
 Answer conventions (the text of the last assistant message):
   grounding   "[x1, y1, x2, y2]", absolute pixels of the stored image
@@ -29,7 +31,8 @@ Answer conventions (the text of the last assistant message):
   qa / ocr    the answer text; reasoning "<think>...</think>answer"
 
 meta. Free-form task facts in absolute pixels and seconds, e.g. {"box": [x1, y1, x2, y2]}, {"count": 3},
-{"segment": [start_s, end_s]}, {"words": [{"text": "cat", "box": [...]}]}. Samples meant for RL also carry
+{"segment": [start_s, end_s]}, {"words": [{"text": "cat", "box": [...]}]}; a preference sample's meta holds
+{"chosen": str, "rejected": str}, two different answers. Samples meant for RL also carry
 "task" (a key of mimovl.rewards.REWARDS) and "answer" (that reward's answer: an int for counting, a box,
 [start_s, end_s], or a string for math).
 
@@ -47,7 +50,9 @@ import re
 
 from PIL import Image
 
-SAMPLE_TYPES = ("caption", "interleaved", "ocr", "grounding", "gui", "video", "qa", "reasoning", "text")
+SAMPLE_TYPES = (
+    "caption", "interleaved", "ocr", "grounding", "gui", "video", "qa", "reasoning", "text", "preference",
+)
 DOCUMENT_TYPES = frozenset({"caption", "interleaved", "text"})
 PART_TYPES = ("text", "image", "video")
 STORED_FIELDS = ("key", "type", "messages", "images", "videos", "meta")
@@ -109,6 +114,8 @@ def validate(sample: dict) -> None:
         raise ValueError(f"{key}: meta must be a dict")
     _check_messages(key, sample["type"], sample["messages"])
     _check_media(key, sample)
+    if sample["type"] == "preference":
+        _check_preference(key, sample["meta"])
 
 
 def _check_messages(key: str, sample_type: str, messages: list) -> None:
@@ -137,10 +144,10 @@ def _check_messages(key: str, sample_type: str, messages: list) -> None:
             raise ValueError(f"{key}: document parts are text and images only")
         return
     turns = roles[1:] if roles[0] == "system" else roles
-    if not turns or len(turns) % 2 or any(r != ("user", "assistant")[i % 2] for i, r in enumerate(turns)):
-        raise ValueError(
-            f"{key}: chat roles must be [system] user assistant (user assistant)..., got {roles}"
-        )
+    last = "user" if sample_type == "preference" else "assistant"  # a preference sample is the prompt only
+    if not turns or turns[-1] != last or any(r != ("user", "assistant")[i % 2] for i, r in enumerate(turns)):
+        expected = "(assistant user)..." if last == "user" else "assistant (user assistant)..."
+        raise ValueError(f"{key}: chat roles must be [system] user {expected}, got {roles}")
     for m in messages:
         if m["role"] != "user" and any(part["type"] != "text" for part in m["content"]):
             raise ValueError(f"{key}: only user messages may hold images or videos ({m['role']} does)")
@@ -148,6 +155,14 @@ def _check_messages(key: str, sample_type: str, messages: list) -> None:
         answer = "".join(part["text"] for part in messages[-1]["content"])
         if not answer.startswith("<think>") or "</think>" not in answer:
             raise ValueError(f"{key}: a reasoning answer must read <think>...</think>answer")
+
+
+def _check_preference(key: str, meta: dict) -> None:
+    chosen, rejected = meta.get("chosen"), meta.get("rejected")
+    if not (isinstance(chosen, str) and isinstance(rejected, str) and chosen and rejected):
+        raise ValueError(f"{key}: a preference sample needs meta['chosen'] and meta['rejected'], non-empty strings")
+    if chosen == rejected:
+        raise ValueError(f"{key}: meta['chosen'] and meta['rejected'] are the same answer")
 
 
 def _check_media(key: str, sample: dict) -> None:

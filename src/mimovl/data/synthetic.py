@@ -10,7 +10,9 @@ The tasks use a vocabulary of a few dozen words (COLORS, SHAPES, WORDS, BUTTONS,
 byte-level BPE covers them. Scenes place shapes in the cells of a 28-pixel grid, so objects never overlap and
 every box is exact. Each sample draws from its own random.Random seeded by (split, seed, type, index): the
 output depends only on those, and "heldout" never shares a random stream with "train".
-Samples meant for RL carry meta["task"] (a key of mimovl.rewards.REWARDS) and meta["answer"].
+Samples meant for RL carry meta["task"] (a key of mimovl.rewards.REWARDS) and meta["answer"]. Preference pairs
+are checkable too: the chosen answer is right (a colour, a count, a sum) or polite and helpful, the rejected one
+wrong or rude; half of them are text-only.
 """
 
 from __future__ import annotations
@@ -287,7 +289,65 @@ def _text(rng, size):
     return document([text(" ".join(sentences))]), [], [], {}
 
 
-# one maker per type; qa and reasoning cycle through their variants by index, so every shard holds all of them
+def _preference(prompt: list[dict], chosen: str, rejected: str, **facts) -> tuple[list[dict], dict]:
+    return [{"role": "user", "content": prompt}], {"chosen": chosen, "rejected": rejected, **facts}
+
+
+def _big_shape(draw: ImageDraw.ImageDraw, rng: random.Random, shape: str, color: str, area: list[int]) -> dict:
+    """Draw a shape filling most of `area` [x1, y1, x2, y2] (exclusive); return its object record."""
+    x1, y1, x2, y2 = area
+    side = rng.randint((x2 - x1) * 3 // 4, x2 - x1 - 1)
+    x, y = rng.randint(x1, x2 - 1 - side), rng.randint(y1, y2 - 1 - side)
+    _draw_shape(draw, shape, color, [x, y, x + side, y + side])
+    return {"color": color, "shape": shape, "box": [x, y, x + side, y + side]}
+
+
+# Preference pictures draw few, large shapes: a small model must read the colours and the count from them.
+def _pref_colour(rng, size):
+    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    img = Image.new("RGB", size, (255, 255, 255))
+    objects = [_big_shape(ImageDraw.Draw(img), rng, shape, color, [0, 0, size[0], size[1]])]
+    wrong = rng.choice([c for c in COLORS if c != color])
+    messages, meta = _preference([image(), text(f"What colour is the {shape}?")], color, wrong, objects=objects)
+    return messages, [img], [], meta
+
+
+def _pref_count(rng, size):
+    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    count = rng.randint(1, 3)
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    w, h = size[0] // 2, size[1] // 2
+    quadrants = rng.sample([[x, y, x + w, y + h] for x in (0, w) for y in (0, h)], count)
+    objects = [_big_shape(draw, rng, shape, color, q) for q in quadrants]
+    wrong = rng.choice([n for n in range(1, 4) if n != count])
+    prompt = [image(), text(f"How many {color} {shape}s are there?")]
+    messages, meta = _preference(prompt, str(count), str(wrong), count=count, objects=objects)
+    return messages, [img], [], meta
+
+
+def _pref_sum(rng, size):
+    a, b = rng.randint(1, 3), rng.randint(1, 3)
+    wrong = rng.choice([n for n in range(2, 7) if n != a + b])
+    messages, meta = _preference([text(f"What is {a} plus {b}?")], str(a + b), str(wrong), expression=f"{a} + {b}")
+    return messages, [], [], meta
+
+
+def _pref_manners(rng, size):
+    word = rng.choice(WORDS)
+    question, answer = rng.choice([
+        (f"How many letters does the word {word} have?", f"The word {word} has {NUMBER_WORDS[len(word)]} letters."),
+        (f"Can you spell the word {word}?", f"{word} is spelled {'-'.join(word)}."),
+        (f"Please write the word {word} in capitals.", f"In capitals it is {word.upper()}."),
+    ])
+    polite = f"{rng.choice(['Sure!', 'Of course!', 'Happy to help.'])} {answer}"
+    rude = rng.choice(["No. Do it yourself.", "Why would I help you?", f"Stop asking me about {word}.", "Whatever."])
+    messages, meta = _preference([text(question)], polite, rude)
+    return messages, [], [], meta
+
+
+# one maker per type; qa, reasoning and preference cycle through their variants by index, so every shard holds
+# all of them (preference: half multimodal, half text-only)
 _MAKERS = {
     "caption": (_caption,),
     "interleaved": (_interleaved,),
@@ -298,6 +358,7 @@ _MAKERS = {
     "qa": (_counting, _colours, _sum_image),
     "reasoning": (_reasoning_math, _reasoning_count),
     "text": (_text,),
+    "preference": (_pref_colour, _pref_sum, _pref_count, _pref_manners),
 }
 
 

@@ -80,19 +80,24 @@ class PackedVLM(torch.nn.Module):
     def forward(self, batch: dict, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, L, V); or (N, V) at the N True entries of the (B, L) mask `positions` only, which saves
         the memory of full-vocabulary logits where nothing is learned (20 GB per 32K row at 152K vocab)."""
+        hidden = self.hidden_states(batch)
+        return self.hf.lm_head(hidden if positions is None else hidden[positions])
+
+    def hidden_states(self, batch: dict) -> torch.Tensor:
+        """The language model's last hidden states (B, L, H), after its final norm. Under FSDP2 call it only
+        from inside this module's forward (a subclass's), where the root's parameters are gathered."""
         model = self.hf
         embeds = model.get_input_embeddings()(batch["input_ids"])
         embeds = self._scatter_vision(embeds, batch)
-        hidden = model.model.language_model(
+        return model.model.language_model(
             inputs_embeds=embeds,
             attention_mask=block_causal_mask(batch["segment_ids"]),
             position_ids=packed_position_ids(model, batch),
             use_cache=False,
         ).last_hidden_state
-        return model.lm_head(hidden if positions is None else hidden[positions])
 
     def _scatter_vision(self, embeds: torch.Tensor, batch: dict) -> torch.Tensor:
-        visual, config = self.hf.model.visual, self.hf.config
+        visual = self.hf.model.visual
         pixels = [batch[k] for k in ("pixel_values", "pixel_values_videos") if k in batch]
         grids = [batch[k] for k in ("image_grid_thw", "video_grid_thw") if k in batch]
         if not pixels:
@@ -106,10 +111,11 @@ class PackedVLM(torch.nn.Module):
             return embeds + 0.0 * dummy.sum().to(embeds.dtype)
         tokens = visual(torch.cat(pixels).to(visual.dtype), grid_thw=torch.cat(grids)).pooler_output
         tokens = tokens.to(embeds.dtype)
-        image_mask = batch["input_ids"] == config.image_token_id
+        # Vision positions by mm_token_type_ids, not by token id: a sampled RL response may contain a pad token.
+        image_mask = batch["mm_token_type_ids"] == IMAGE
         n_image = int(image_mask.sum())
         embeds = embeds.masked_scatter(image_mask[..., None], tokens[:n_image])
-        video_mask = batch["input_ids"] == config.video_token_id
+        video_mask = batch["mm_token_type_ids"] == VIDEO
         if video_mask.any():
             embeds = embeds.masked_scatter(video_mask[..., None], tokens[n_image:])
         return embeds

@@ -1,0 +1,167 @@
+"""The Bradley-Terry reward-model LightningModule (stages rm and rm_text).
+
+Trains `mimovl.model.reward.RewardModel` on preference pairs from `mimovl.data.preference`: the loss is
+-log sigmoid(r_chosen - r_rejected), averaged over every pair of the optimizer step (all ranks and all
+micro-batches of its accumulation window, as in PretrainModule). An optional centring term,
+center_coef * (r_chosen + r_rejected)^2, keeps rewards around 0 so that sigmoid(reward) spreads over [0, 1]
+instead of drifting to one end (the Bradley-Terry loss alone does not see a shift of every reward).
+Reported losses are the Bradley-Terry loss only; the pair accuracy is the share of pairs with
+r_chosen > r_rejected.
+"""
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from mimovl.model.parts import param_groups, set_trainable
+from mimovl.model.reward import RewardModel
+from mimovl.stages.sharding import shard_model
+
+
+def pair_losses(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Per-pair Bradley-Terry loss -log sigmoid(chosen - rejected), in float32."""
+    return F.softplus(rejected.float() - chosen.float())
+
+
+class RewardModule(pl.LightningModule):
+    """Bradley-Terry training of a reward model on batches from `PreferenceDataModule`.
+
+    Args:
+        model: a `Qwen2_5_VLForConditionalGeneration` (usually the SFT policy); gets a fresh scalar head.
+        modality: "vision" or "text", recorded in the export (scorers of a text model refuse media).
+        trainable: parts to train, from `mimovl.model.parts.PARTS`; the head always trains.
+        lr: learning rate per trainable part; exactly the trainable parts.
+        head_lr: the head's learning rate.
+        center_coef: weight of the centring term (0 turns it off).
+        weight_decay, betas, warmup_ratio, min_lr_ratio, activation_checkpointing: as in PretrainModule.
+    """
+
+    def __init__(
+        self,
+        model,
+        trainable: list[str],
+        lr: dict[str, float],
+        head_lr: float,
+        modality: str = "vision",
+        center_coef: float = 0.0,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.1,
+        activation_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if set(lr) != set(trainable):
+            raise ValueError(
+                f"stage.module.lr must give one learning rate per trainable part: trainable={list(trainable)},"
+                f" lr has {sorted(lr)}"
+            )
+        self.save_hyperparameters(ignore=["model"])
+        self.net = RewardModel(model.train(), modality)  # train(): from_pretrained returns eval mode
+        # Per optimizer step: the global mean loss and pair accuracy; global data counters. Kept in checkpoints.
+        self.loss_history: list[float] = []
+        self.accuracy_history: list[float] = []
+        self._window = [0.0, 0.0, 0]  # loss sum, correct pairs, micro-batches of the window in progress
+        self.data_counts = {"pairs": 0, "skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0}
+        set_trainable(model, list(trainable))
+        if activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @property
+    def model(self) -> RewardModel:
+        """The reward model being trained (policy `hf` + `head`); `export` takes its full state dict."""
+        return self.net
+
+    def configure_model(self) -> None:
+        if self.device_mesh is not None:
+            param_dtype = torch.bfloat16 if self.trainer.strategy.root_device.type == "cuda" else None
+            shard_model(self.net, self.device_mesh["data_parallel"], param_dtype)
+
+    def configure_optimizers(self):
+        groups = param_groups(self.net.hf, dict(self.hparams.lr), self.hparams.weight_decay)
+        groups.append({"name": "head", "params": list(self.net.head.parameters()), "lr": self.hparams.head_lr,
+                       "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, betas=tuple(self.hparams.betas))
+        steps = max(1, self.trainer.max_steps)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * steps), num_training_steps=steps,
+            min_lr_rate=self.hparams.min_lr_ratio,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if dist.is_available() and dist.is_initialized():
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        rewards = self.net(batch).view(-1, 2)  # sequences alternate chosen, rejected (mimovl.data.preference)
+        chosen, rejected = rewards[:, 0], rewards[:, 1]
+        losses = pair_losses(chosen, rejected)
+        segments = batch["segment_ids"]
+        local = torch.stack([
+            losses.sum().detach().double(), (chosen > rejected).sum().double(),
+            (chosen - rejected).sum().detach().double(), batch["window_pairs"].double(), batch["pairs"].double(),
+            batch["skipped"].double(), batch["too_long"].double(),
+            torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device), (segments > 0).sum().double(),
+        ])
+        loss_sum, correct, margin_sum, window, *counts = self._global_sum(local).tolist()
+        objective = losses.sum() + self.hparams.center_coef * (chosen + rejected).pow(2).sum()
+        # Lightning averages gradients over ranks and divides by the accumulation steps; scaling by both leaves
+        # the gradient of (sum over the step's pairs) / (pairs of the whole step).
+        objective = objective / max(window, 1.0) * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        pairs = counts[0]
+        self.log("train/loss", loss_sum / max(pairs, 1.0), prog_bar=True, batch_size=1)
+        self.log("train/accuracy", correct / max(pairs, 1.0), prog_bar=True, batch_size=1)
+        self.log("train/margin", margin_sum / max(pairs, 1.0), batch_size=1)
+        self.log("train/reward_mean", rewards.detach().mean(), batch_size=1)
+        self._record(loss_sum, correct, window, dict(zip(self.data_counts, counts)))
+        return objective
+
+    def _record(self, loss_sum: float, correct: float, window: float, counts: dict[str, float]) -> None:
+        """Adds the micro-batch to its window; at the window's end appends the step's loss and accuracy."""
+        self._window = [self._window[0] + loss_sum, self._window[1] + correct, self._window[2] + 1]
+        if self._window[2] == self.trainer.accumulate_grad_batches:
+            self.loss_history.append(self._window[0] / max(window, 1.0))
+            self.accuracy_history.append(self._window[1] / max(window, 1.0))
+            self._window = [0.0, 0.0, 0]
+        for name, value in counts.items():
+            self.data_counts[name] += int(value)
+            self.log(f"data/{name}", float(self.data_counts[name]), batch_size=1)
+
+    def summary(self) -> dict:
+        """This stage's figures for summary.json: Bradley-Terry loss and pair accuracy per optimizer step."""
+        losses, accuracy = self.loss_history, self.accuracy_history
+        return {
+            "modality": self.net.modality,
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "loss_history": losses,
+            "first_accuracy": accuracy[0] if accuracy else None,
+            "last_accuracy": accuracy[-1] if accuracy else None,
+            "accuracy_history": accuracy,
+            **self.data_counts,
+        }
+
+    def headline(self) -> str:
+        """One line for the end-of-run message."""
+        s = self.summary()
+        return (f"Bradley-Terry loss {s['first_loss']} -> {s['last_loss']}, "
+                f"pair accuracy {s['first_accuracy']} -> {s['last_accuracy']}")
+
+    def export(self, directory, processor, state_dict: dict) -> None:
+        """Writes the reward model directory (`mimovl.model.reward`); `state_dict` is `self.model`'s, full."""
+        self.net.save(directory, processor, state_dict)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mimovl"] = {"loss_history": self.loss_history, "accuracy_history": self.accuracy_history,
+                                "data_counts": self.data_counts}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("mimovl", {})
+        self.loss_history = list(state.get("loss_history", []))
+        self.accuracy_history = list(state.get("accuracy_history", []))
+        self.data_counts.update(state.get("data_counts", {}))
