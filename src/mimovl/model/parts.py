@@ -67,3 +67,12 @@ def param_groups(model: nn.Module, lr: dict[str, float], weight_decay: float) ->
         for part in PARTS
         if part in groups
     ]
+
+
+def check_lr(trainable: list[str], lr: dict[str, float]) -> None:
+    """A stage gives exactly one learning rate per trainable part (a config error otherwise)."""
+    if set(lr) != set(trainable):
+        raise ValueError(
+            f"stage.module.lr must give one learning rate per trainable part: trainable={list(trainable)},"
+            f" lr has {sorted(lr)}"
+        )

@@ -15,7 +15,7 @@ from transformers import get_constant_schedule_with_warmup
 
 from mimovl.data.encode import IGNORE
 from mimovl.model.export import export_hf
-from mimovl.model.parts import param_groups, set_trainable
+from mimovl.model.parts import check_lr, param_groups, set_trainable
 from mimovl.rl.grpo import LossConfig, policy_loss
 from mimovl.stages.packed import PackedVLM, token_losses
 from mimovl.stages.sharding import shard_model
@@ -39,9 +39,7 @@ class GRPOModule(pl.LightningModule):
                  warmup_steps: int = 0, gradient_clip_val: float | None = 1.0,
                  activation_checkpointing: bool = False):
         super().__init__()
-        if set(lr) != set(trainable):
-            raise ValueError(f"stage.module.lr must give one learning rate per trainable part: "
-                             f"trainable={list(trainable)}, lr has {sorted(lr)}")
+        check_lr(trainable, lr)
         self.save_hyperparameters(ignore=["model"])
         self.automatic_optimization = False
         self.loss_config = LossConfig(**(loss or {}))

@@ -15,7 +15,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from mimovl.data.encode import IGNORE
 from mimovl.data.schema import SAMPLE_TYPES
 from mimovl.model.export import export_hf
-from mimovl.model.parts import param_groups, set_trainable
+from mimovl.model.parts import check_lr, param_groups, set_trainable
 from mimovl.stages.packed import PackedVLM, token_losses
 from mimovl.stages.sharding import shard_model
 
@@ -45,11 +45,7 @@ class PretrainModule(pl.LightningModule):
         activation_checkpointing: bool = False,
     ):
         super().__init__()
-        if set(lr) != set(trainable):
-            raise ValueError(
-                f"stage.module.lr must give one learning rate per trainable part: trainable={list(trainable)},"
-                f" lr has {sorted(lr)}"
-            )
+        check_lr(trainable, lr)
         self.save_hyperparameters(ignore=["model"])
         self.net = PackedVLM(model.train())  # train(): from_pretrained returns eval mode
         # Global mean loss per optimizer step and global data counters (positions trained on, real tokens among

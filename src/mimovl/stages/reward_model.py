@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from mimovl.model.parts import param_groups, set_trainable
+from mimovl.model.parts import check_lr, param_groups, set_trainable
 from mimovl.model.reward import RewardModel
 from mimovl.stages.sharding import shard_model
 
@@ -53,11 +53,7 @@ class RewardModule(pl.LightningModule):
         activation_checkpointing: bool = False,
     ):
         super().__init__()
-        if set(lr) != set(trainable):
-            raise ValueError(
-                f"stage.module.lr must give one learning rate per trainable part: trainable={list(trainable)},"
-                f" lr has {sorted(lr)}"
-            )
+        check_lr(trainable, lr)
         self.save_hyperparameters(ignore=["model"])
         self.net = RewardModel(model.train(), modality)  # train(): from_pretrained returns eval mode
         # Per optimizer step: the global mean loss and pair accuracy; global data counters. Kept in checkpoints.
