@@ -2,6 +2,8 @@
 
     python src/run.py                                 # stage 1 on the tiny model and synthetic shards
     python src/run.py stage=s2 logger=csv             # the next stage, from s1's export
+    python src/run.py +recipe=mimo_vl stage=rl        # the quickstart: GRPO with vLLM rollouts on CPU
+    python src/run.py +recipe=mimo_vl stage=all       # s1 -> s2 -> s3 -> s4 -> rm_text -> rm -> rl -> eval
     python src/run.py +recipe=mimo_vl stage=s3 model=mimo_vl_7b model.vit_path=... model.llm_path=...
 """
 
@@ -13,13 +15,12 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python src/run.py` works without installing
 
-from mimovl.train import run  # noqa: E402
+from mimovl.cli import launch  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    summary = run(cfg)
-    return summary["last_loss"]  # the value Hydra sweepers optimise
+    return launch(cfg)  # summary[optimized_metric]: the value Hydra sweepers optimise
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import webdataset as wds
 from mimovl.data.shards import _encode_media, _record, write_shards
 from mimovl.data.stream import CorruptSample, decode_sample, mixed_stream, sample_frames
 from mimovl.data.synthetic import make_sample, write_synthetic
+from mimovl.errors import UsageError
 
 
 def take(stream, n=None):
@@ -240,10 +241,12 @@ def test_one_shard_feeds_every_rank_and_worker_when_resampling(synth):
 
 
 def test_bad_source_specs_fail_fast(tmp_path):
-    with pytest.raises(FileNotFoundError, match="source 'x': 2 shards missing"):
+    with pytest.raises(UsageError, match="data.sources.x=.*2 of its shards do not exist"):
         mixed_stream(
             {"x": {"urls": str(tmp_path / "nope-{0..1}.tar"), "weight": 1}}, seed=0, shuffle_buffer=0
         )
+    with pytest.raises(UsageError, match="data.heldout.y=.*matches no shard"):
+        mixed_stream({"y": {"urls": str(tmp_path / "*.tar")}}, seed=0, shuffle_buffer=0, config_key="data.heldout")
     with pytest.raises(ValueError, match="weights must be positive"):
         mixed_stream({"x": {"urls": [__file__], "weight": 0}}, seed=0, shuffle_buffer=0)
 

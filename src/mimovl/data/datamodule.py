@@ -16,6 +16,7 @@ from mimovl.data.encode import encode
 from mimovl.data.packing import collate_rows, pack_rows, with_window_tokens
 from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import ensure_synthetic
+from mimovl.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,21 @@ class TrainBatches:
         yield from with_window_tokens(itertools.islice(iter(self.loader), skip, None), self.accumulate)
 
 
+def check_rows_fit_media(sources: dict, processor, seq_len: int, **stream_args) -> None:
+    """A UsageError when one image or video of a source's first sample alone is longer than a packed row: every
+    such sample would be dropped. Checked here, in the main process, on one sample per source."""
+    for name, spec in sources.items():
+        sample = next(iter(mixed_stream({name: spec}, seed=0, shuffle_buffer=0, resample=False, **stream_args)), None)
+        if sample is None:
+            continue
+        media_tokens = int((encode(sample, processor).mm_token_type_ids > 0).sum())
+        if media_tokens > seq_len:
+            raise UsageError(
+                f"stage.seq_len={seq_len} is smaller than the images or videos of one {name!r} sample "
+                f"({media_tokens} tokens): raise stage.seq_len, or lower the processor's max_pixels (or "
+                "data.max_frames for video)")
+
+
 class ShardDataModule(pl.LightningDataModule):
     """Training batches for one stage.
 
@@ -68,7 +84,8 @@ class ShardDataModule(pl.LightningDataModule):
         super().__init__()
         unknown = sorted(name for name, weight in mix.items() if weight > 0 and name not in sources)
         if unknown:
-            raise KeyError(f"stage.mix names sources that data.sources does not define: {unknown}")
+            raise UsageError(f"stage.mix names sources that data.sources does not define: {unknown} (defined: "
+                             f"{sorted(sources)}); add them with +data.sources.NAME=PATTERN or drop them from the mix")
         self.sources, self.mix, self.processor = dict(sources), dict(mix), processor
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.num_workers, self.shuffle_buffer, self.pack_buffer = num_workers, shuffle_buffer, pack_buffer
@@ -85,6 +102,8 @@ class ShardDataModule(pl.LightningDataModule):
             name: {"urls": self.sources[name], "weight": weight}
             for name, weight in self.mix.items() if weight > 0
         }
+        check_rows_fit_media(sources, self.processor, self.seq_len, video_fps=self.video_fps,
+                             max_frames=self.max_frames)
         dataset = PackedStream(
             sources, self.processor, self.seq_len, self.pack_buffer, seed=self.seed,
             shuffle_buffer=self.shuffle_buffer, video_fps=self.video_fps, max_frames=self.max_frames,

@@ -38,6 +38,7 @@ import webdataset as wds
 from PIL import Image
 
 from mimovl.data.schema import validate
+from mimovl.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def mixed_stream(
     max_frames: int | None = 256,
     rank: int | None = None,
     world_size: int | None = None,
+    config_key: str = "data.sources",
 ) -> MixedStream:
     """A stream of schema samples mixing `sources` ({name: {"urls": str | list, "weight": float}}) by weight.
 
@@ -177,22 +179,24 @@ def mixed_stream(
     shuffle_buffer: samples held per source in each worker, as undecoded bytes (<= 1: no shuffle).
     video_fps / max_frames: frame subsampling at read time (sample_frames); None keeps every frame.
     rank / world_size default to env RANK / WORLD_SIZE or torch.distributed, read when iteration starts.
+    config_key: where the sources are configured, named by the error for a pattern that matches nothing.
     See the module docstring for determinism and splitting.
     """
-    return MixedStream(sources, seed, shuffle_buffer, resample, video_fps, max_frames, rank, world_size)
+    return MixedStream(sources, seed, shuffle_buffer, resample, video_fps, max_frames, rank, world_size, config_key)
 
 
 class MixedStream(torch.utils.data.IterableDataset):
     """The dataset mixed_stream returns; each DataLoader worker builds its own pipelines in __iter__."""
 
-    def __init__(self, sources, seed, shuffle_buffer, resample, video_fps, max_frames, rank, world_size):
+    def __init__(self, sources, seed, shuffle_buffer, resample, video_fps, max_frames, rank, world_size,
+                 config_key="data.sources"):
         super().__init__()
         if not sources:
             raise ValueError("mixed_stream needs at least one source")
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither")
         self.sources = {
-            name: (_expand(name, spec["urls"]), float(spec.get("weight", 1.0)))
+            name: (_expand(f"{config_key}.{name}", spec["urls"]), float(spec.get("weight", 1.0)))
             for name, spec in sources.items()
         }
         if any(w <= 0 for _, w in self.sources.values()):
@@ -299,14 +303,17 @@ def _seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-def _expand(name: str, urls: str | list[str]) -> list[str]:
-    """Shard paths from brace patterns ("a-{000..009}.tar"), "::"-joined lists and local globs ("dir/*.tar")."""
+def _expand(key: str, urls: str | list[str]) -> list[str]:
+    """Shard paths from brace patterns ("a-{000..009}.tar"), "::"-joined lists and local globs ("dir/*.tar");
+    a UsageError naming the config key when nothing matches or a listed shard is missing."""
     items = [urls] if isinstance(urls, str) else urls
     braced = [u for item in items for u in wds.shardlists.expand_urls(str(item))]
     expanded = [p for u in braced for p in (sorted(glob.glob(u)) if any(c in u for c in "*?[") else [u])]
     if not expanded:
-        raise FileNotFoundError(f"source {name!r}: no shard matches {urls!r}")
+        raise UsageError(f"{key}={urls!r} matches no shard. Check the pattern (brace patterns need Hydra's quotes: "
+                         f"\"+{key}='dir/shard-{{000000..000009}}.tar'\"), or write shards with "
+                         "python -m mimovl.data.shards")
     missing = [u for u in expanded if "://" not in u and not u.startswith("pipe:") and not os.path.exists(u)]
     if missing:
-        raise FileNotFoundError(f"source {name!r}: {len(missing)} shards missing, e.g. {missing[:3]}")
+        raise UsageError(f"{key}={urls!r}: {len(missing)} of its shards do not exist, e.g. {missing[:3]}")
     return expanded

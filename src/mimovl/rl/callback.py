@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from mimovl.eval.score import generate_and_score, sums_by_kind
 from mimovl.model.export import export_hf
 from mimovl.rewards import TASKS
 from mimovl.rewards.router import RewardRouter
@@ -107,14 +108,11 @@ class RolloutCallback(pl.Callback):
 
     def score_heldout(self, trainer: pl.Trainer) -> dict[str, float]:
         """Mean greedy reward per kind on the held-out prompts (all ranks' shares together)."""
-        prompts = trainer.datamodule.heldout()
         sampling = Sampling(n=1, temperature=0.0, max_new_tokens=self.config.heldout_max_new_tokens)
-        groups = self.engine.generate(prompts, sampling, self.processor) if prompts else []
-        rewards = self.router.score(prompts, [[c.text for c in g] for g in groups])
+        scored = generate_and_score(self.engine, self.router, trainer.datamodule.heldout(), sampling, self.processor)
         sums = torch.zeros(2, len(KINDS), dtype=torch.float64)
-        for prompt, (reward,) in zip(prompts, rewards):
-            sums[0, KINDS.index(prompt.kind)] += reward
-            sums[1, KINDS.index(prompt.kind)] += 1
+        for kind, (total, n) in sums_by_kind(scored).items():
+            sums[:, KINDS.index(kind)] = torch.tensor([total, n], dtype=torch.float64)
         sums = _global_sum(sums, trainer)
         return {kind: float(sums[0, k] / sums[1, k]) for k, kind in enumerate(KINDS) if sums[1, k] > 0}
 
@@ -204,8 +202,9 @@ class RolloutCallback(pl.Callback):
         with open(self.workdir / "rollouts.jsonl", "a") as f:
             for row in rows:
                 f.write(json.dumps({k: v for k, v in row.items() if k != "image"}) + "\n")
-        logger = trainer.logger
-        if logger is not None and type(logger).__name__ == "WandbLogger":
+        for logger in trainer.loggers:
+            if type(logger).__name__ != "WandbLogger":
+                continue
             import wandb
 
             columns = [k for k in rows[0] if k != "image"] + ["image"]

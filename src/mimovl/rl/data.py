@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 
 from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import ensure_synthetic
+from mimovl.errors import UsageError
 from mimovl.rl.prompts import Prompt, to_prompt
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class PromptDataModule(pl.LightningDataModule):
     """RL prompts.
 
     Args:
-        sources: source name -> shard pattern (data.sources); `mix` picks the sources and their weights.
+        sources: source name -> shard pattern (data.sources); `mix` picks the sources and their weights (None:
+            every source, weight 1).
         heldout: source name -> shard pattern of held-out prompts, scored before and after training.
         prompts_per_step: prompts per rank in each batch.
         heldout_per_kind: held-out prompts kept per kind (task, or open_text / open_vision) on each rank.
@@ -47,9 +49,11 @@ class PromptDataModule(pl.LightningDataModule):
                  root: str | None = None, generate: dict | None = None, heldout_generate: dict | None = None,
                  processor=None):
         super().__init__()
+        mix = {name: 1.0 for name in sources} if mix is None else mix
         unknown = sorted(name for name, w in mix.items() if w > 0 and name not in sources)
         if unknown:
-            raise KeyError(f"stage.mix names sources that data.sources does not define: {unknown}")
+            raise UsageError(f"stage.mix names sources that are not configured: {unknown} (defined: "
+                             f"{sorted(sources)}); add them to data.sources / data.heldout or drop them from the mix")
         self.sources = {name: {"urls": sources[name], "weight": w} for name, w in mix.items() if w > 0}
         self.heldout_sources = {n: {"urls": heldout[n], "weight": 1.0} for n in self.sources if n in heldout}
         self.prompts_per_step, self.heldout_per_kind = prompts_per_step, heldout_per_kind
@@ -97,7 +101,7 @@ class PromptDataModule(pl.LightningDataModule):
         if not self.heldout_sources:
             return []
         samples = mixed_stream(self.heldout_sources, seed=self.seed, shuffle_buffer=0, resample=False,
-                               video_fps=self.video_fps, max_frames=self.max_frames)
+                               video_fps=self.video_fps, max_frames=self.max_frames, config_key="data.heldout")
         kept, per_kind = [], Counter()
         for sample in samples:
             prompt = to_prompt(sample)

@@ -49,7 +49,7 @@ class Sampling:
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 64
+    max_new_tokens: int | None = 64  # None: up to the engine's context (vLLM only)
     seed: int | None = None
 
 
@@ -117,17 +117,19 @@ class VLLMRollout:
             On CPU the KV cache size comes from VLLM_CPU_KVCACHE_SPACE (GiB) instead.
         enforce_eager: no CUDA graphs (faster start; needed on CPU).
         seed: the engine's base seed (plus the rank, when distributed).
+        mm_processor_kwargs: settings for vLLM's multimodal processor, e.g. {"max_pixels": 3211264}.
         distributed: one engine per training rank ("external_launcher"), for multi-process runs.
     """
 
     def __init__(self, spec_dir, dtype: str = "float32", max_model_len: int = 2048,
                  limit_mm_per_prompt: dict | None = None, gpu_memory_utilization: float = 0.3,
-                 enforce_eager: bool = True, seed: int = 0, distributed: bool = False):
+                 enforce_eager: bool = True, seed: int = 0, mm_processor_kwargs: dict | None = None,
+                 distributed: bool = False):
         spec_dir = Path(spec_dir)
         settings = {
             "dtype": dtype, "max_model_len": max_model_len, "limit_mm_per_prompt": dict(limit_mm_per_prompt or {}),
             "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager, "seed": seed,
-            "distributed": distributed,
+            "distributed": distributed, "mm_processor_kwargs": dict(mm_processor_kwargs or {}),
         }
         key = _engine_key(spec_dir, settings)
         if key not in _ENGINES:
@@ -170,7 +172,7 @@ class VLLMRollout:
             model=str(private), dtype=settings["dtype"],
             max_model_len=settings["max_model_len"], limit_mm_per_prompt=settings["limit_mm_per_prompt"],
             gpu_memory_utilization=settings["gpu_memory_utilization"], enforce_eager=settings["enforce_eager"],
-            seed=seed, tensor_parallel_size=1, **extra,
+            seed=seed, tensor_parallel_size=1, mm_processor_kwargs=settings["mm_processor_kwargs"] or None, **extra,
         )
 
     def sync(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

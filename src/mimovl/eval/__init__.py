@@ -1,0 +1,1 @@
+"""Evaluation: greedy generation on held-out prompts, scored by the RL stage's reward functions."""
