@@ -63,3 +63,19 @@ def vllm_engine(tiny_hf_dir):
 
     yield VLLMRollout(tiny_hf_dir, **ENGINE_SETTINGS)
     cleanup_dist_env_and_memory()
+
+
+# The programme's CE and reward-model stages read data in this process: a DataLoader worker forked after an
+# engine started (by an earlier test in the session) would hang.
+PROGRAMME = ["data.num_workers=0", "data.generate.n_per_type=400", "data.heldout_generate.n_per_type=64"]
+
+
+@pytest.fixture(scope="session")
+def programme(tmp_path_factory) -> dict:
+    """`+recipe=mimo_vl stage=all` at the tiny scale (s1 -> s2 -> s3 -> s4 -> rm_text -> rm -> rl -> eval), once
+    per session; its summary, plus `root`: the directory holding `runs/` and `data/`. Tests using it are marked
+    vllm (it starts an engine)."""
+    from stagerun import run_programme
+
+    root = tmp_path_factory.mktemp("programme")
+    return {**run_programme(root, *PROGRAMME), "root": root}

@@ -24,3 +24,18 @@ def compose_run(tmp: Path, *overrides: str):
 
 def run_stage(tmp: Path, *overrides: str) -> dict:
     return run(compose_run(tmp, *overrides))
+
+
+def run_programme(tmp: Path, *overrides: str) -> dict:
+    """`+recipe=mimo_vl stage=all` in-process under tmp (tiny scale); returns the programme's summary."""
+    from mimovl.programme import run_all
+
+    base = [
+        f"paths.runs_dir={tmp / 'runs'}", f"paths.data_dir={tmp / 'data'}", "logger=csv",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "+recipe=mimo_vl",
+    ]
+    every = base + list(overrides)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=every + ["stage=all"])
+        return run_all(cfg, overrides=every)

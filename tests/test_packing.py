@@ -7,6 +7,7 @@ from PIL import Image
 from mimovl.data.encode import IGNORE, Encoded, encode
 from mimovl.data.packing import collate_rows, pack_rows
 from mimovl.data.schema import chat, document, image, text, video
+from mimovl.errors import UsageError
 from mimovl.model.build import build_tiny
 from mimovl.stages.packed import PackedVLM, token_losses
 
@@ -33,7 +34,7 @@ def test_rows_start_with_the_oldest_sample():
 
 
 def test_samples_that_never_fit_raise_instead_of_stalling():
-    with pytest.raises(ValueError, match="longer than seq_len=8"):
+    with pytest.raises(UsageError, match="stage.seq_len=8: .* longer than a row"):
         list(pack_rows((_sized(9) for _ in range(10_000)), seq_len=8, buffer=4))
 
 

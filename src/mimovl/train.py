@@ -75,11 +75,11 @@ def build_model(cfg: DictConfig, init: str | None):
         model, processor = load_hf(init)
         check_chat_template(processor, f"stage.init_from={init}")
         return model, processor
-    settings = {k: v for k, v in cfg.model.items() if k != "scale"}  # scale is the recipe's, not an argument
-    missing = [k for k in settings if OmegaConf.is_missing(cfg.model, k)]
+    missing = [k for k in cfg.model if OmegaConf.is_missing(cfg.model, k)]
     if missing:
         raise UsageError(f"this model config needs {', '.join(f'model.{k}=...' for k in missing)} "
                          "(conf/model/ says what each one is)")
+    settings = {k: v for k, v in cfg.model.items() if k != "scale"}  # scale is the recipe's, not an argument
     if "path" in settings:
         check_checkpoint(settings["path"], "model.path")
     model, processor = hydra.utils.instantiate(settings)

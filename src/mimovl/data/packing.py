@@ -14,6 +14,7 @@ import torch
 
 from mimovl.data.encode import IGNORE, Encoded
 from mimovl.data.schema import SAMPLE_TYPES
+from mimovl.errors import UsageError
 
 # Vision tensors, concatenated over the samples of a batch in order (the model consumes them in that order).
 VISION_FIELDS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
@@ -41,7 +42,7 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
 
     Each row starts with the oldest held sample, so no sample waits for more than `buffer` rows, then is
     filled best-fit: the longest held sample that still fits, again and again, which keeps rows nearly full.
-    Raises ValueError when MAX_TOO_LONG_IN_A_ROW samples in a row are longer than seq_len.
+    Raises a UsageError when MAX_TOO_LONG_IN_A_ROW samples in a row are longer than seq_len.
     """
     held: list[Encoded] = []
     skipped = too_long = too_long_in_a_row = 0
@@ -61,8 +62,8 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
             too_long += 1
             too_long_in_a_row += 1
             if too_long_in_a_row >= MAX_TOO_LONG_IN_A_ROW and not held:
-                raise ValueError(
-                    f"{too_long_in_a_row} samples in a row are longer than seq_len={seq_len} tokens (the last: "
+                raise UsageError(
+                    f"stage.seq_len={seq_len}: {too_long_in_a_row} samples in a row are longer than a row (the last: "
                     f"{len(sample)} tokens, type {sample.type}); raise stage.seq_len"
                 )
         if not held:

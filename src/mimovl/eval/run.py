@@ -10,6 +10,7 @@ CSV log (`eval/<task>`), and every response to responses.jsonl. Public benchmark
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -36,6 +37,8 @@ METRICS = {"math": "accuracy", "multiple_choice": "accuracy", "counting": "accur
 def evaluate(cfg: DictConfig) -> dict:
     """Scores the stage's policy on `data.heldout`; returns the summary (also written to summary.json)."""
     stage = cfg.stage
+    if int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1))) > 1:
+        raise UsageError("stage=eval runs in one process: launch it as a single task (srun --ntasks=1)")
     init = resolve_init(cfg)
     output_dir = Path(cfg.paths.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)

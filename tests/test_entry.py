@@ -1,0 +1,99 @@
+"""The README's main command as a user runs it, and the messages a user gets for common mistakes."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README_COMMAND = "python src/run.py +recipe=mimo_vl stage=rl"
+ENV = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HYDRA_FULL_ERROR": ""}
+
+
+def run_py(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python src/run.py ARGS` in `cwd` (relative outputs and data land there), with this interpreter."""
+    return subprocess.run([sys.executable, str(ROOT / "src/run.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=ENV)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_readme_main_command_runs_as_written(tmp_path):
+    """The quickstart on the embedded defaults (tiny model, synthetic shards written on first use, vLLM, W&B
+    offline), from an empty directory, with only a smaller step budget."""
+    readme = (ROOT / "README.md").read_text()
+    assert README_COMMAND in readme
+    args = README_COMMAND.split()[2:] + ["stage.steps=2"]
+    result = run_py(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    rl = tmp_path / "outputs/mimo_vl/rl"
+    summary = json.loads((rl / "summary.json").read_text())
+    assert summary["steps"] == 2 and set(summary["reward_after"]) == set(summary["reward_before"])
+    assert (rl / "hf/config.json").exists() and list((rl / "hf").glob("*.safetensors"))
+    # It says what it starts from (no stage 4 export here), where the outputs are, and where the W&B run is.
+    assert "rl: starting from model=build_tiny (random init) (no s4 export under outputs/mimo_vl)" in out
+    assert f"outputs in {rl}" in out
+    wandb_dir = summary["wandb"]["dir"]
+    assert Path(wandb_dir).is_dir() and f"wandb sync {wandb_dir}" in out
+    assert summary["wandb"]["name"] == "mimo_vl-rl" and summary["wandb"]["group"] == "mimo_vl"
+
+
+def assert_one_message(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A non-zero exit with each fragment in the message, and no traceback."""
+    text = result.stdout + result.stderr
+    assert result.returncode != 0, text[-2000:]
+    assert "Traceback" not in text, text[-4000:]
+    for fragment in fragments:
+        assert fragment in text, (fragment, text[-2000:])
+
+
+QUICK = ["logger=none", "trainer.enable_progress_bar=false", "data.num_workers=0"]
+SMALL_DATA = "data.generate.n_per_type=8"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, fragments", [
+    (["stage=s9"], ["Could not find 'stage/s9'", "Available options in 'stage'", "s1", "rl", "eval", "all"]),
+    (["model=mimo_vl_8b"], ["Could not find 'model/mimo_vl_8b'", "Available options in 'model'", "tiny"]),
+    (["model=hf", SMALL_DATA], ["this model config needs model.path=..."]),
+    (["model=hf", "model.path=/no/such/checkpoint"], ["model.path=/no/such/checkpoint: does not exist"]),
+    (["stage=s2", "stage.init_from=/no/such/checkpoint"],
+     ["stage.init_from=/no/such/checkpoint: does not exist", "Qwen2.5-VL-format directory"]),
+    (["data=shards", "+data.sources.caption=/no/such/dir/*.tar"],
+     ["data.sources.caption='/no/such/dir/*.tar' matches no shard", "python -m mimovl.data.shards"]),
+    (["stage.seq_len=8", SMALL_DATA], ["stage.seq_len=8 is smaller than the images or videos of one 'caption' sample",
+                            "raise stage.seq_len"]),
+], ids=["stage-name", "model-name", "model-path-missing", "model-path-wrong", "checkpoint-missing",
+        "empty-shard-pattern", "seq-len-below-an-image"])
+def test_mistakes_get_one_clear_message(args, fragments, tmp_path):
+    assert_one_message(run_py(*args, *QUICK, cwd=tmp_path, timeout=300), *fragments)
+
+
+@pytest.mark.slow
+def test_a_model_without_chat_template_is_refused(tmp_path, tiny_hf_dir):
+    import shutil
+
+    model = tmp_path / "no_template"
+    shutil.copytree(tiny_hf_dir, model)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (model / name).unlink(missing_ok=True)
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        path = model / name
+        if path.exists():
+            config = json.loads(path.read_text())
+            config.pop("chat_template", None)
+            path.write_text(json.dumps(config))
+    result = run_py("model=hf", f"model.path={model}", SMALL_DATA, *QUICK, cwd=tmp_path, timeout=300)
+    assert_one_message(result, f"model.path={model}: the model has no chat template", "chat_template.jinja")
+
+
+def test_usage_errors_exit_with_status_2(tmp_path):
+    result = run_py("stage=s2", "stage.init_from=/no/such/checkpoint", "logger=none", cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    assert re.search(r"^\[mimovl\] error: stage\.init_from=", result.stderr, re.M)

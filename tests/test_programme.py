@@ -1,0 +1,76 @@
+"""stage=all: the whole programme at the tiny scale (conftest's `programme`), its table, eval, and resuming."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import PROGRAMME
+from stagerun import run_programme
+
+STAGES = ["s1", "s2", "s3", "s4", "rm_text", "rm", "rl", "eval"]
+RULE_TASKS = {"math", "counting", "grounding_box", "grounding_point", "temporal_grounding"}
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_programme_runs_every_stage_from_the_previous_export(programme):
+    assert list(programme["stages"]) == STAGES
+    summaries = {name: json.loads((Path(d) / "summary.json").read_text()) for name, d in programme["stages"].items()}
+    assert summaries["s1"]["init_from"].endswith("build_tiny")  # nothing before it: the tiny model
+    for stage, previous in [("s2", "s1"), ("s3", "s2"), ("s4", "s3"), ("rm_text", "s4"), ("rm", "s4"),
+                            ("rl", "s4"), ("eval", "rl")]:
+        assert summaries[stage]["init_from"] == str(Path(programme["stages"][previous]) / "hf"), stage
+    # the tiny scale's step counts (conf/recipe/mimo_vl.yaml), not the stage files' defaults
+    assert [summaries[s]["steps"] for s in ("s1", "s2", "s3", "s4", "rm_text", "rm", "rl")] == [
+        30, 30, 40, 110, 100, 200, 20]
+    assert summaries["s4"]["last_loss"] < summaries["s1"]["first_loss"]
+    for stage in STAGES[:-1]:
+        assert (Path(programme["stages"][stage]) / "hf/config.json").exists(), stage
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_programme_table_reports_rl_and_eval_per_task(programme):
+    table = programme["table"]
+    assert RULE_TASKS | {"open_text", "open_vision"} == set(table)
+    rl = json.loads((Path(programme["stages"]["rl"]) / "summary.json").read_text())
+    evaluation = json.loads((Path(programme["stages"]["eval"]) / "summary.json").read_text())
+    for task, row in table.items():
+        assert row == {"before_rl": rl["reward_before"][task], "after_rl": rl["reward_after"][task],
+                       "eval": evaluation["scores"][task]}
+    assert programme["mean_reward_after"] > programme["mean_reward_before"]
+    written = json.loads((programme["root"] / "runs/mimo_vl/all/summary.json").read_text())
+    assert written["table"] == table
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_eval_scores_every_task_with_the_report_settings(programme):
+    directory = Path(programme["stages"]["eval"])
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["settings"] == {"temperature": 0.0, "max_new_tokens": None, "max_pixels": 4096 * 28 * 28}
+    assert set(summary["scores"]) == RULE_TASKS | {"open_text", "open_vision"}
+    assert summary["prompts"] == {kind: 48 for kind in summary["scores"]}  # rl.heldout_per_kind at the tiny scale
+    assert summary["metrics"]["grounding_box"].startswith("GIoU")
+    assert summary["metrics"]["temporal_grounding"] == "segment IoU"
+    rows = [json.loads(line) for line in (directory / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == sum(summary["prompts"].values())
+    for kind, score in summary["scores"].items():  # the summary is the mean of the scored responses
+        rewards = [r["reward"] for r in rows if r["kind"] == kind]
+        assert score == pytest.approx(sum(rewards) / len(rewards))
+    assert summary["mean_score"] == pytest.approx(sum(summary["scores"].values()) / len(summary["scores"]))
+    metrics = (directory / "csv/version_0/metrics.csv").read_text()
+    assert "eval/grounding_box" in metrics
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_rerunning_the_programme_skips_finished_stages(programme, capsys):
+    again = run_programme(programme["root"], *PROGRAMME)
+    out = capsys.readouterr().out
+    assert all(f"all: {name} is done" in out for name in STAGES), out
+    assert again["table"] == programme["table"]
