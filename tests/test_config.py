@@ -51,13 +51,20 @@ def test_every_option_composes(group, option):
     if option == "shards":
         overrides.append("+data.sources.caption=/data/x.tar")
     cfg = _resolve(_compose(*overrides))
-    for node in (cfg["model"], cfg["stage"]["module"], cfg["trainer"], cfg["strategy"], cfg["logger"]):
+    for node in (cfg["model"], cfg["trainer"], cfg["strategy"], *(cfg["logger"] or {}).values(),
+                 *cfg["callbacks"].values()):
         _target_exists(node)
-    for callback in cfg["callbacks"].values():
-        _target_exists(callback)
+    stage = cfg["stage"]
+    if "module" in stage:
+        _target_exists(stage["module"])
+        _target_exists(stage["datamodule"])
+    get_method(stage.get("runner") or "mimovl.train.run")
 
 
-@pytest.mark.parametrize("stage", _options("stage"))
+TRAINING_STAGES = [s for s in _options("stage") if s not in ("eval", "all")]
+
+
+@pytest.mark.parametrize("stage", TRAINING_STAGES)
 def test_stages_are_consistent(stage):
     cfg = _resolve(_compose(f"stage={stage}"))
     module = cfg["stage"]["module"]
@@ -66,20 +73,40 @@ def test_stages_are_consistent(stage):
     assert set(cfg["stage"]["mix"]) <= set(cfg["data"]["sources"])
 
 
+def test_programme_runs_every_training_stage_then_eval():
+    stages = _resolve(_compose("stage=all"))["stage"]["stages"]
+    assert stages[-1] == "eval" and set(stages[:-1]) <= set(TRAINING_STAGES)
+    assert stages.index("rm") < stages.index("rl") and stages.index("rm_text") < stages.index("rl")
+
+
+@pytest.mark.parametrize("model", ["tiny", "hf", "mimo_vl_7b"])
 @pytest.mark.parametrize("stage", _options("stage"))
-def test_recipe_composes_on_every_stage(stage):
-    cfg = _resolve(_compose("+recipe=mimo_vl", f"stage={stage}"))
-    assert cfg["stage"]["module"]["lr"] == cfg["recipe"]["stages"][stage]["lr"]
+def test_recipe_composes_on_every_stage_and_scale(stage, model):
+    cfg = _resolve(_compose("+recipe=mimo_vl", f"stage={stage}", f"model={model}"))
+    assert cfg["recipe"]["scale"] == ("tiny" if model == "tiny" else "paper")
+    if stage in TRAINING_STAGES:
+        assert cfg["stage"]["module"]["lr"] == cfg["recipe"]["stages"][stage]["lr"]
 
 
-def test_recipe_sets_the_paper_numbers():
-    s2 = _resolve(_compose("+recipe=mimo_vl", "stage=s2"))["stage"]
+def test_recipe_sets_the_paper_numbers_on_real_models():
+    s2 = _resolve(_compose("+recipe=mimo_vl", "stage=s2", "model=hf", "model.path=/ckpt"))["stage"]
     assert s2["module"]["lr"] == {"projector": 1e-4, "vit": 1e-5}
     assert s2["module"]["trainable"] == ["vit", "projector"]
     assert s2["seq_len"] == 8192 and s2["tokens"] == 167e9
+    s4 = _resolve(_compose("+recipe=mimo_vl", "stage=s4", "model=mimo_vl_7b"))["stage"]
+    assert s4["seq_len"] == 32768 and s4["module"]["lr"]["llm"] == 2.5e-5 and s4["module"]["activation_checkpointing"]
+    rl = _resolve(_compose("+recipe=mimo_vl", "stage=rl", "model=mimo_vl_7b"))
+    assert rl["stage"]["module"]["lr"]["llm"] == 1e-6 and rl["rl"]["max_new_tokens"] == 32768
+    assert rl["rollout"]["dtype"] == "bfloat16"
+
+
+def test_recipe_on_the_tiny_model_is_the_cpu_rehearsal():
     s4 = _resolve(_compose("+recipe=mimo_vl", "stage=s4"))["stage"]
-    assert s4["seq_len"] == 32768 and s4["module"]["lr"]["llm"] == 2.5e-5
-    assert _resolve(_compose("+recipe=mimo_vl", "stage=s1"))["stage"]["module"]["lr"] == {"projector": 1e-3}
+    assert s4["seq_len"] == 1024 and s4["steps"] == 110 and not s4["module"]["activation_checkpointing"]
+    rl = _resolve(_compose("+recipe=mimo_vl", "stage=rl"))
+    assert rl["stage"]["steps"] == 20 and rl["rl"]["max_new_tokens"] == 32 and rl["rollout"]["dtype"] == "float32"
+    # command-line overrides win over the recipe
+    assert _resolve(_compose("+recipe=mimo_vl", "stage=rl", "stage.steps=2"))["stage"]["steps"] == 2
 
 
 def test_steps_come_from_the_token_budget():

@@ -2,6 +2,7 @@
 (conf/hydra/launcher/) and the recipe's launch scripts."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,30 @@ def test_launch_scripts_compose(script, stage, tmp_path):
     if stage in ("rl", "eval", "all"):  # the colocated engine's share beside training; all of it for eval
         assert cfg.rollout.gpu_memory_utilization == (0.8 if stage == "eval" else 0.4)
         assert set(cfg.data.heldout) >= {"grounding", "reasoning"}
+
+
+# ---- a plain multirun, tracked in W&B ----
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rl_sweep_jobs_get_their_own_outputs_and_wandb_runs(tmp_path):
+    """The README's sweep: `-m stage=rl rl.group_size=4,8`; each job its own output directory and W&B run,
+    named after its overrides, grouped by the sweep."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, str(ROOT / "src/run.py"), "-m", "stage=rl", "rl.group_size=4,8", "stage.steps=1",
+           "rl.prompts_per_step=2", "rl.heldout_per_kind=2", "rl.max_new_tokens=8", "trainer.accelerator=cpu",
+           "trainer.enable_progress_bar=false", f"paths.runs_dir={runs}", f"paths.data_dir={tmp_path}/data",
+           "data.generate.n_per_type=16", "data.heldout_generate.n_per_type=8"]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    subprocess.run(cmd, check=True, cwd=tmp_path, timeout=900, env=env)
+
+    [sweep] = (runs / "multirun").iterdir()
+    jobs = {p.parent.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/rl/summary.json")}
+    assert sorted(jobs) == ["0", "1"]
+    assert len({job["output_dir"] for job in jobs.values()}) == 2
+    for num, size in (("0", 4), ("1", 8)):
+        wandb_run = jobs[num]["wandb"]
+        assert wandb_run["name"].startswith(f"rl-{num}-") and f"rl.group_size={size}" in wandb_run["name"]
+        assert wandb_run["group"] == f"mimovl-{sweep.name}"
+        assert Path(wandb_run["dir"]).is_dir() and Path(wandb_run["dir"]).parent.parent == sweep / num / "rl"

@@ -136,9 +136,13 @@ def isolate_sweep_job(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     cfg.paths.run_root = hydra_cfg.runtime.output_dir
     if (cfg.logger or {}).get("wandb"):
-        overrides = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
-        cfg.logger.wandb.name = f"{cfg.stage.name}-{hydra_cfg.job.num}-{overrides}"
+        cfg.logger.wandb.name = f"{cfg.stage.name}-{hydra_cfg.job.num}-{_job_label(hydra_cfg.overrides.task)}"[:128]
         cfg.logger.wandb.group = f"{cfg.run_name}-{Path(hydra_cfg.sweep.dir).name}"
+
+
+def _job_label(overrides) -> str:
+    """A sweep job's overrides as a run name: paths (values with '/') left out, as they name no setting."""
+    return ",".join(o for o in overrides if "/" not in o.split("=", 1)[-1]) or "defaults"
 
 
 def close_loggers(loggers: list) -> dict | None:
