@@ -19,9 +19,10 @@ from mimovl.rl.data import PromptDataModule
 from mimovl.rl.rollout import HFRollout, Sampling, VLLMRollout
 
 TASK_MIX = "{qa: 1.0, reasoning: 1.0, grounding: 1.0, gui: 1.0, video: 1.0}"
-# The held-out mean reward over the five tasks (48 greedy prompts each) must rise by more than MIN_GAIN, and
-# box grounding (a dense reward: GIoU) by more than MIN_BOX_GAIN. Measured on this machine kind: see
-# test_rl_raises_the_heldout_reward's printout and the closing notes.
+# The held-out mean reward over the five rule tasks (48 greedy prompts each) must rise by more than MIN_GAIN, and
+# box grounding (a dense reward: GIoU) by more than MIN_BOX_GAIN. Measured on this machine kind with the tiny
+# scale's 220 stage-4 steps: rule-task mean +0.12, grounding_box 0.00 -> 0.47 (with 110 steps the SFT policy
+# never wrote a parseable box and RL could not start on boxes: 0.00 -> 0.00).
 RULE_TASKS = ("math", "counting", "grounding_box", "grounding_point", "temporal_grounding")
 MIN_GAIN = 0.03
 MIN_BOX_GAIN = 0.2

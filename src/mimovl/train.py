@@ -151,7 +151,8 @@ def close_loggers(loggers: list) -> dict | None:
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             run = logger.experiment
-            where = {"project": run.project, "name": run.name, "group": run.group, "dir": str(Path(run.dir).parent)}
+            where = {"project": run.project, "name": run.name, "group": run.group,
+                     "dir": str(Path(run.dir).parent.resolve())}
             run.finish()
             return where
     return None
