@@ -74,3 +74,23 @@ def test_rerunning_the_programme_skips_finished_stages(programme, capsys):
     out = capsys.readouterr().out
     assert all(f"all: {name} is done" in out for name in STAGES), out
     assert again["table"] == programme["table"]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_per_type_and_per_task_metrics_are_logged_only_where_present(programme):
+    """A loss per sample type (CE stages) or a reward per task (RL) exists only at steps whose batch holds that
+    type or task; a stale carried-over value would repeat exactly at the next step (Lightning's self.log does
+    that for keys missing from a step), which a mean over a new batch does not."""
+    import csv
+
+    for stage, prefix in (("s4", "train/loss_"), ("rl", "length/")):
+        rows = list(csv.DictReader((Path(programme["stages"][stage]) / "csv/version_0/metrics.csv").open()))
+        names = [k for k in rows[0] if k.startswith(prefix)]
+        assert names, stage
+        for name in names:
+            points = [(int(r["step"]), r[name]) for r in rows if r[name]]
+            repeats = [a for a, b in zip(points, points[1:]) if b[0] == a[0] + 1 and b[1] == a[1]]
+            assert len(points) <= int(rows[-1]["step"]) + 1, (stage, name)  # at most one value per step
+            assert len(repeats) <= len(points) // 10, (stage, name, repeats)

@@ -28,6 +28,7 @@ from mimovl.rl.grpo import LossConfig, group_advantages
 from mimovl.rl.rollout import Sampling
 from mimovl.rl.sampling import EasyPool, collect
 from mimovl.stages.sharding import full_state_dict
+from mimovl.stages.sparse import log_present
 
 log = logging.getLogger(__name__)
 KINDS = (*TASKS, "open_text", "open_vision")  # what per-kind metrics are logged under
@@ -176,14 +177,15 @@ class RolloutCallback(pl.Callback):
     # ---- what it reports ----
 
     def _log(self, module, stats: dict, timings: dict) -> None:
+        per_kind = {}  # only the kinds this step drew (log_present: no stale values for the others)
         for kind, rows in stats.items():
             rewards = [r for reward, _, _ in rows for r in reward]
             lengths = [len(c.token_ids) for _, group, _ in rows for c in group]
-            module.log(f"reward/{kind}", sum(rewards) / len(rewards), batch_size=len(rewards))
-            module.log(f"pass_rate/{kind}", sum(r >= self.config.pass_threshold for r in rewards) / len(rewards),
-                       batch_size=len(rewards))
-            module.log(f"length/{kind}", sum(lengths) / len(lengths), batch_size=len(lengths))
-            module.log(f"dropped/{kind}", sum(not useful for _, _, useful in rows) / len(rows), batch_size=len(rows))
+            per_kind[f"reward/{kind}"] = sum(rewards) / len(rewards)
+            per_kind[f"pass_rate/{kind}"] = sum(r >= self.config.pass_threshold for r in rewards) / len(rewards)
+            per_kind[f"length/{kind}"] = sum(lengths) / len(lengths)
+            per_kind[f"dropped/{kind}"] = sum(not useful for _, _, useful in rows) / len(rows)
+        log_present(module, per_kind)
         all_rewards = [r for rows in stats.values() for reward, _, _ in rows for r in reward]
         module.log("reward/mean", sum(all_rewards) / max(len(all_rewards), 1), prog_bar=True, batch_size=1)
         for name in ("sync", "generate", "reward"):

@@ -18,6 +18,7 @@ from mimovl.model.export import export_hf
 from mimovl.model.parts import check_lr, param_groups, set_trainable
 from mimovl.stages.packed import PackedVLM, token_losses
 from mimovl.stages.sharding import shard_model
+from mimovl.stages.sparse import log_present
 
 
 class PretrainModule(pl.LightningModule):
@@ -120,11 +121,9 @@ class PretrainModule(pl.LightningModule):
         self.log("train/packing_efficiency", counts["real_tokens"] / max(counts["tokens"], 1.0), batch_size=1)
 
     def _log_per_type(self, type_ids: torch.Tensor, losses: torch.Tensor) -> None:
-        """This rank's mean loss per sample type (types absent from the batch are not logged)."""
-        for index, name in enumerate(SAMPLE_TYPES):
-            of_type = type_ids == index
-            if of_type.any():
-                self.log(f"train/loss_{name}", losses[of_type].mean(), batch_size=int(of_type.sum()))
+        """This rank's mean loss per sample type present in the micro-batch (absent types get no value)."""
+        log_present(self, {f"train/loss_{name}": losses[type_ids == index].mean()
+                           for index, name in enumerate(SAMPLE_TYPES) if (type_ids == index).any()})
 
     def summary(self) -> dict:
         """This stage's figures for summary.json: losses per optimizer step and the data counters."""
