@@ -34,7 +34,8 @@ def tiny_hf_dir(tmp_path_factory):
 
 
 def _uses_vllm(item) -> bool:
-    return "vllm_engine" in getattr(item, "fixturenames", ()) or item.get_closest_marker("vllm") is not None
+    starts_engine = {"vllm_engine", "programme"} & set(getattr(item, "fixturenames", ()))
+    return bool(starts_engine) or item.get_closest_marker("vllm") is not None
 
 
 def pytest_collection_modifyitems(items):

@@ -55,7 +55,8 @@ def evaluate(cfg: DictConfig) -> dict:
     data.accept = router.can_score
     prompts = data.heldout()
     if not prompts:
-        raise UsageError(f"stage.mix={dict(stage.mix)} selects no held-out prompts from data.heldout")
+        raise UsageError(f"stage.mix={stage.mix} selects no held-out prompts from "
+                         f"data.heldout={dict(cfg.data.heldout)}: name held-out shards there")
 
     engine_settings = {}
     if stage.max_pixels and processor.image_processor.size["longest_edge"] > stage.max_pixels:
