@@ -37,7 +37,8 @@ def test_readme_main_command_runs_as_written(tmp_path):
     assert summary["steps"] == 2 and set(summary["reward_after"]) == set(summary["reward_before"])
     assert (rl / "hf/config.json").exists() and list((rl / "hf").glob("*.safetensors"))
     # It says what it starts from (no stage 4 export here), where the outputs are, and where the W&B run is.
-    assert "rl: starting from model=build_tiny (random init) (no s4 export under outputs/mimo_vl)" in out
+    assert "rl: starting from model=build_tiny (random init) (no s4 export under outputs/mimo_vl: run stage=s4 " \
+           "first, or stage=all, for a trained start)" in out
     assert f"outputs in {rl}" in out
     wandb_dir = summary["wandb"]["dir"]
     assert Path(wandb_dir).is_dir() and f"wandb sync {wandb_dir}" in out

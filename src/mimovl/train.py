@@ -50,7 +50,8 @@ def describe_start(cfg: DictConfig, init: str | None) -> str:
     if init:
         return init
     missing = cfg.stage.init_from == "previous"
-    return f"model={_model_name(cfg)}" + (f" (no {cfg.stage.previous} export under {cfg.paths.run_root})"
+    return f"model={_model_name(cfg)}" + (f" (no {cfg.stage.previous} export under {cfg.paths.run_root}: run "
+                                          f"stage={cfg.stage.previous} first, or stage=all, for a trained start)"
                                           if missing else "")
 
 
@@ -164,7 +165,7 @@ def report_loggers(wandb_run: dict | None, log_dirs: list[str]) -> None:
         print(f"[mimovl] W&B run {wandb_run['name']!r} (group {wandb_run['group']!r}) in {wandb_run['dir']}; "
               f"upload an offline run with: wandb sync {wandb_run['dir']}")
     for directory in log_dirs:
-        print(f"[mimovl] metrics: {directory}/metrics.csv")
+        print(f"[mimovl] metrics: {Path(directory).resolve() / 'metrics.csv'}")
 
 
 def run(cfg: DictConfig) -> dict:
