@@ -148,7 +148,9 @@ def _job_label(overrides) -> str:
 
 def close_loggers(loggers: list) -> dict | None:
     """Finishes the W&B run, so the next run in this process (a sweep job, the next stage of stage=all) starts
-    its own; returns where it is: {project, name, group, dir}."""
+    its own; returns where it is: {project, name, group, dir} (on rank zero; other ranks have no run)."""
+    if rank_zero_only.rank != 0:
+        return None
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             run = logger.experiment
