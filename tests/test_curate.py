@@ -457,3 +457,28 @@ def test_a_sample_that_does_not_decode_is_dropped_as_corrupt(tmp_path):
     assert report["counts"]["in"] == 3 and report["counts"]["out"] == 2
     assert [(r["key"], r["reason"]) for r in report["removed"]] == [("s_1", "corrupt")]
     assert "UnidentifiedImageError" in report["removed"][0]["error"]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_recaption_through_the_real_vllm_engine(tmp_path, vllm_engine, tiny_hf_dir):
+    """The session's vLLM engine (a random tiny model, greedy) captions real images; every sample ends up with
+    either its new caption or, with the reason counted, its old one."""
+    from mimovl.model.build import load_hf
+
+    model, processor = load_hf(tiny_hf_dir)
+    vllm_engine.sync(model.state_dict().items())  # the shared engine serves whatever was synced last
+    samples = [caption(f"cap_{i}", small(i), f"Old caption {i}.") for i in range(4)]
+    inputs = write(tmp_path, "cap", samples)
+    step = Recaption(engine=vllm_engine, processor=processor, max_new_tokens=16, batch_size=4)
+
+    report = run_step(step, inputs, str(tmp_path / "recap" / "cap-%06d.tar"))
+
+    stats = report["stats"]
+    assert stats["recaptioned"] + sum(stats["kept_original"].values()) == 4
+    assert report["counts"]["in"] == report["counts"]["out"] == 4
+    out = read_back(str(tmp_path / "recap" / "*.tar"))
+    new = [k for k, s in out.items() if "original_caption" in s["meta"]]
+    assert len(new) == stats["recaptioned"]
+    for key in new:  # a kept new caption is the model's finished, non-repetitive text
+        assert out[key]["messages"][0]["content"][1]["text"] != out[key]["meta"]["original_caption"]

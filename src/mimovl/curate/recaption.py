@@ -61,13 +61,12 @@ class Recaption(Step):
 
     def prepare(self, read) -> None:
         if self.engine is None:  # started here, not in __init__, so a finished run skips without starting it
-            from transformers import AutoProcessor
-
+            from mimovl.model.processor import load_processor
             from mimovl.rl.rollout import VLLMRollout
 
             settings = {"limit_mm_per_prompt": {"image": 1}, **self.engine_settings}
             self.engine = VLLMRollout(self.model, **settings)
-            self.processor = AutoProcessor.from_pretrained(self.model)
+            self.processor = load_processor(self.model)
 
     def process(self, items: list[Item], report: Report) -> list[dict | None]:
         chosen = [item for item in items if len(item.sample["images"]) == 1]
