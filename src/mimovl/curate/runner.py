@@ -42,8 +42,8 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from mimovl.data.shards import _write_records, encode_image
-from mimovl.data.stream import _expand, _seed, decode_sample
+from mimovl.data.shards import write_records, encode_image
+from mimovl.data.stream import decode_sample, expand_shards, stable_seed
 from mimovl.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ REPORT = "report.json"
 
 
 # A 64-bit seed from printable parts, the same in every process (unlike hash()): the reader's own.
-stable_seed = _seed
+stable_seed = stable_seed
 
 
 @dataclass
@@ -159,7 +159,7 @@ def fingerprint(paths: Iterable[str]) -> list[dict]:
 
 def expand_inputs(inputs: str | list[str], what: str = "--input") -> list[str]:
     """Shard paths from brace patterns, globs and lists (as the training config reads them)."""
-    return _expand(what, [str(u) for u in ([inputs] if isinstance(inputs, (str, Path)) else inputs)])
+    return expand_shards(what, [str(u) for u in ([inputs] if isinstance(inputs, (str, Path)) else inputs)])
 
 
 def read_items(shards: list[str], report: Report | None = None, decode: bool = True) -> Iterator[Item]:
@@ -228,7 +228,7 @@ def run_step(step: Step, inputs: str | list[str], out: str, maxcount: int = 1000
     with _torch_threads(step.torch_threads):
         step.prepare(read_selected)
         items = tqdm(read_items(shards, report), desc=step.name, unit="sample", disable=not progress)
-        paths = _write_records(_records(step, items, report, selected), out, maxcount, 1e9)
+        paths = write_records(_records(step, items, report, selected), out, maxcount, 1e9)
     if report.n_out == 0:  # an empty tar only stalls a reader: leave no shard behind
         for p in paths:
             os.remove(p)

@@ -66,7 +66,7 @@ def write_shards(
             seen.add(s["key"])
             yield _record(s["key"], s["type"], s["messages"], s["meta"], _encode_media(s, image_ext))
 
-    return _write_records(
+    return write_records(
         tqdm(records(), desc="shards", unit="sample", disable=not progress), pattern, maxcount, maxsize
     )
 
@@ -102,7 +102,7 @@ def write_jsonl_shards(
                 written += 1
                 yield record
 
-    shards = _write_records(records(), pattern, maxcount, maxsize)
+    shards = write_records(records(), pattern, maxcount, maxsize)
     return shards, written, bad
 
 
@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_records(records: Iterable[dict], pattern: str, maxcount: int, maxsize: float) -> list[str]:
+def write_records(records: Iterable[dict], pattern: str, maxcount: int, maxsize: float) -> list[str]:
+    """Writes encoded records (the on-disk members of samples, as `_record` builds them) to shards named
+    `pattern % i`; returns their paths. Curation writes kept samples through it with their original bytes."""
     os.makedirs(os.path.dirname(pattern) or ".", exist_ok=True)
     paths: list[str] = []
     # mtime=0 makes shards byte-identical across runs of the same input

@@ -196,7 +196,7 @@ class MixedStream(torch.utils.data.IterableDataset):
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither")
         self.sources = {
-            name: (_expand(f"{config_key}.{name}", spec["urls"]), float(spec.get("weight", 1.0)))
+            name: (expand_shards(f"{config_key}.{name}", spec["urls"]), float(spec.get("weight", 1.0)))
             for name, spec in sources.items()
         }
         if any(w <= 0 for _, w in self.sources.values()):
@@ -216,7 +216,7 @@ class MixedStream(torch.utils.data.IterableDataset):
             for name, (urls, _) in self.sources.items()
         ]
         weights = [w for _, w in self.sources.values()]
-        rng = random.Random(_seed("mix", self.seed, slot, nslots))
+        rng = random.Random(stable_seed("mix", self.seed, slot, nslots))
         return _count_skips(_mix(streams, weights, rng), counter)
 
     def _pipeline(
@@ -226,16 +226,16 @@ class MixedStream(torch.utils.data.IterableDataset):
         # over the global slot does both and honours explicit rank arguments.
         if self.resample:
             mine = urls[slot::nslots] if len(urls) >= nslots else urls
-            shard_seed = _seed("shards", self.seed, name, slot, nslots)
+            shard_seed = stable_seed("shards", self.seed, name, slot, nslots)
             shards = [wds.ResampledShards(mine, seed=shard_seed, worker_seed=lambda: 0, deterministic=True)]
         else:
             # the same shard order on every slot, so the slices stay disjoint
-            order_seed = _seed("order", self.seed, name)
+            order_seed = stable_seed("order", self.seed, name)
             shards = [wds.SimpleShardList(urls, seed=order_seed), lambda src: islice(src, slot, None, nslots)]
         shuffle = None
         if self.shuffle_buffer > 1:
             shuffle = wds.shuffle(
-                self.shuffle_buffer, rng=random.Random(_seed("shuffle", self.seed, name, slot, nslots))
+                self.shuffle_buffer, rng=random.Random(stable_seed("shuffle", self.seed, name, slot, nslots))
             )
         decode = partial(decode_sample, source=name, video_fps=self.video_fps, max_frames=self.max_frames)
         stall = StallGuard(name, limit=10 * len(urls) + 10)
@@ -298,12 +298,12 @@ def _count_skips(samples: Iterator[dict], counter: SkipCounter) -> Iterator[dict
         yield prev
 
 
-def _seed(*parts) -> int:
+def stable_seed(*parts) -> int:
     """A 64-bit seed from any printable parts; unlike hash(), the same in every process."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-def _expand(key: str, urls: str | list[str]) -> list[str]:
+def expand_shards(key: str, urls: str | list[str]) -> list[str]:
     """Shard paths from brace patterns ("a-{000..009}.tar"), "::"-joined lists and local globs ("dir/*.tar");
     a UsageError naming the config key when nothing matches or a listed shard is missing."""
     items = [urls] if isinstance(urls, str) else urls
