@@ -33,8 +33,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from mimovl.curate.runner import Item, Report, Step, stable_seed
+from mimovl.curate.runner import Item, Report, Step
 from mimovl.curate.textfilter import supervised_text
+from mimovl.data.stream import stable_seed
 from mimovl.errors import UsageError
 
 DEFAULT_T = 20_000  # MetaCLIP's t for its 400M-pair set

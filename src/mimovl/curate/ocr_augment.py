@@ -45,7 +45,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from mimovl.curate.runner import Item, Report, Step, stable_seed
+from mimovl.curate.runner import Item, Report, Step
+from mimovl.data.stream import stable_seed
 
 
 @dataclass

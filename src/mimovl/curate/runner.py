@@ -42,17 +42,13 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from mimovl.data.shards import write_records, encode_image
-from mimovl.data.stream import decode_sample, expand_shards, stable_seed
+from mimovl.data.shards import encode_image, write_records
+from mimovl.data.stream import decode_sample, expand_shards
 from mimovl.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 REPORT = "report.json"
-
-
-# A 64-bit seed from printable parts, the same in every process (unlike hash()): the reader's own.
-stable_seed = stable_seed
 
 
 @dataclass
