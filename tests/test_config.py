@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf
 
+from mimovl.cli import DEFAULT_RUNNER
 from mimovl.model.parts import PARTS
 from mimovl.train import build_trainer, stage_steps
 
@@ -58,7 +59,7 @@ def test_every_option_composes(group, option):
     if "module" in stage:
         _target_exists(stage["module"])
         _target_exists(stage["datamodule"])
-    get_method(stage.get("runner") or "mimovl.train.run")
+    get_method(stage.get("runner") or DEFAULT_RUNNER)
 
 
 TRAINING_STAGES = [s for s in _options("stage") if s not in ("eval", "all")]

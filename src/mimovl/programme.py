@@ -20,6 +20,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from mimovl.cli import DEFAULT_RUNNER
 from mimovl.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def run_all(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             print(f"[mimovl] all: {name} is done ({summary_path}); skipping it")
         else:
             print(f"[mimovl] all: running {name}")
-            runner = hydra.utils.get_method(stage_cfg.stage.get("runner") or "mimovl.train.run")
+            runner = hydra.utils.get_method(stage_cfg.stage.get("runner") or DEFAULT_RUNNER)
             runner(stage_cfg)
         done[name] = json.loads(summary_path.read_text())
     summary = programme_summary(done)
