@@ -141,13 +141,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_service_answers_like_the_scorer(exported, tmp_path):
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 0.05)])
+def test_service_answers_like_the_scorer(exported, tmp_path, dtype, tolerance):
+    """The service started with its one command scores as the in-process float32 scorer does (bfloat16: to
+    bfloat16's precision, the --dtype a 7B reward model is served in)."""
     directory, samples, _ = exported
     prompts = samples[:4] + [_prompt("video", 0), _prompt("grounding", 1)]
     responses = [s["meta"]["chosen"] for s in samples[:4]] + ["[00:01,00:03]", "[10, 10, 40, 40]"]
     log = open(tmp_path / "service.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mimovl.rewards.service", "--model", str(directory), "--port", "0"],
+        [sys.executable, "-m", "mimovl.rewards.service", "--model", str(directory), "--port", "0",
+         "--dtype", dtype],
         stdout=subprocess.PIPE, stderr=log, text=True,
     )
     try:
@@ -158,7 +162,7 @@ def test_service_answers_like_the_scorer(exported, tmp_path):
         assert client.health() == {"status": "ok", "model": str(directory), "modality": "vision"}
         remote = client.score(prompts, responses)
         local = RewardModelScorer(directory).score(prompts, responses)
-        assert remote == pytest.approx(local, abs=1e-5)
+        assert remote == pytest.approx(local, abs=tolerance)
         with pytest.raises(RewardServiceError, match="HTTP 400"):  # a bad request is refused, not retried
             HTTPRewardScorer(url).score(prompts, responses[:-1])
     finally:

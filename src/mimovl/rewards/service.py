@@ -196,11 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one)")
     parser.add_argument("--device", default="cpu", help="where the model runs, e.g. cuda")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward")
+    parser.add_argument("--dtype", default="float32", help="weights' dtype: bfloat16 halves a 7B model's memory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mimovl.rewards.models import RewardModelScorer  # here: clients of this module never load torch models
 
-    scorer = RewardModelScorer(args.model, device=args.device, batch_size=args.batch_size)
+    scorer = RewardModelScorer(args.model, device=args.device, batch_size=args.batch_size, dtype=args.dtype)
     server = make_server(scorer, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"[mimovl] reward service for {args.model} ({scorer.modality}) on http://{host}:{port}", flush=True)
