@@ -9,13 +9,12 @@ batches of B all compute the same update.
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from mimovl.data.encode import IGNORE
 from mimovl.data.schema import SAMPLE_TYPES
 from mimovl.model.export import export_hf
 from mimovl.model.parts import check_lr, param_groups, set_trainable
+from mimovl.stages.optim import global_sum, warmup_cosine
 from mimovl.stages.packed import PackedVLM, token_losses
 from mimovl.stages.sharding import shard_model
 from mimovl.stages.sparse import log_present
@@ -73,20 +72,7 @@ class PretrainModule(pl.LightningModule):
     def configure_optimizers(self):
         groups = param_groups(self.model, dict(self.hparams.lr), self.hparams.weight_decay)
         optimizer = torch.optim.AdamW(groups, betas=tuple(self.hparams.betas))
-        steps = max(1, self.trainer.max_steps)
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer,
-            num_warmup_steps=int(self.hparams.warmup_ratio * steps),  # warm-up starts at lr 0: none in tiny runs
-            num_training_steps=steps,
-            min_lr_rate=self.hparams.min_lr_ratio,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
-        if dist.is_available() and dist.is_initialized():
-            value = value.clone()
-            dist.all_reduce(value)
-        return value
+        return warmup_cosine(optimizer, self.trainer.max_steps, self.hparams.warmup_ratio, self.hparams.min_lr_ratio)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         learned = batch["targets"] != IGNORE
@@ -99,7 +85,7 @@ class PretrainModule(pl.LightningModule):
             batch["too_long"].double(), torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device),
             (segments > 0).sum().double(),
         ])
-        loss_sum, count, window, *counts = self._global_sum(local).tolist()
+        loss_sum, count, window, *counts = global_sum(local).tolist()
         # Lightning averages gradients over ranks and divides each micro-batch loss by the accumulation steps;
         # scaling by both leaves the gradient of (sum of token losses) / (learned tokens of the whole step).
         loss = losses.sum() / max(window, 1.0) * self.trainer.world_size * self.trainer.accumulate_grad_batches

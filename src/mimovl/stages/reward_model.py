@@ -11,12 +11,11 @@ r_chosen > r_rejected.
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from mimovl.model.parts import check_lr, param_groups, set_trainable
 from mimovl.model.reward import RewardModel
+from mimovl.stages.optim import global_sum, warmup_cosine
 from mimovl.stages.sharding import shard_model
 
 
@@ -80,18 +79,7 @@ class RewardModule(pl.LightningModule):
         groups.append({"name": "head", "params": list(self.net.head.parameters()), "lr": self.hparams.head_lr,
                        "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, betas=tuple(self.hparams.betas))
-        steps = max(1, self.trainer.max_steps)
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * steps), num_training_steps=steps,
-            min_lr_rate=self.hparams.min_lr_ratio,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
-        if dist.is_available() and dist.is_initialized():
-            value = value.clone()
-            dist.all_reduce(value)
-        return value
+        return warmup_cosine(optimizer, self.trainer.max_steps, self.hparams.warmup_ratio, self.hparams.min_lr_ratio)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         rewards = self.net(batch).view(-1, 2)  # sequences alternate chosen, rejected (mimovl.data.preference)
@@ -104,7 +92,7 @@ class RewardModule(pl.LightningModule):
             batch["skipped"].double(), batch["too_long"].double(),
             torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device), (segments > 0).sum().double(),
         ])
-        loss_sum, correct, margin_sum, window, *counts = self._global_sum(local).tolist()
+        loss_sum, correct, margin_sum, window, *counts = global_sum(local).tolist()
         objective = losses.sum() + self.hparams.center_coef * (chosen + rejected).pow(2).sum()
         # Lightning averages gradients over ranks and divides by the accumulation steps; scaling by both leaves
         # the gradient of (sum over the step's pairs) / (pairs of the whole step).
