@@ -7,11 +7,13 @@ import time
 
 import math_verify
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torchvision.ops import box_iou
 
 from mimovl.data.synthetic import make_sample
-from mimovl.rewards import REWARDS, TASKS, safe_reward
+from mimovl.rewards import REWARDS, SIZED_TASKS, TASKS, safe_reward
 from mimovl.rewards.guard import bounded
 
 BOUND_S = 5.0  # every call, however adversarial its input, returns within this
@@ -71,23 +73,35 @@ CASES = [
     ("grounding_box", "[5, 5, 15, 15]", [5, 5, 15, 15], 1.0),
     ("grounding_box", '{"bbox_2d": [5.0, 5.0, 15.0, 15.0]}', [5, 5, 15, 15], 1.0),
     ("grounding_box", "<think>first [0, 0, 1, 1]</think>then [5, 5, 15, 15]", [5, 5, 15, 15], 1.0),
-    # IoU 25/175, enclosing 225: GIoU = 1/7 - 50/225 = -5/63, reward (1 - 5/63) / 2 = 29/63
-    ("grounding_box", "[0, 0, 10, 10]", [5, 5, 15, 15], 29 / 63),
-    # inside: IoU 100/400, enclosing = union: GIoU 1/4, reward 5/8
-    ("grounding_box", "[0, 0, 20, 20]", [5, 5, 15, 15], 5 / 8),
-    # touching: IoU 0, enclosing = union: GIoU 0, reward 1/2
-    ("grounding_box", "[0, 0, 10, 10]", [10, 0, 20, 10], 0.5),
-    # apart: IoU 0, union 200, enclosing 300: GIoU -1/3, reward 1/3
-    ("grounding_box", "[0, 0, 10, 10]", [20, 0, 30, 10], 1 / 3),
-    # negative coordinates are taken as given: corner contact, union 200, enclosing 400: GIoU -1/2, reward 1/4
-    ("grounding_box", "[-5, -5, 5, 5]", [5, 5, 15, 15], 0.25),
+    # The reward is max(0, GIoU); GIoU = IoU - (enclosing - union) / enclosing.
+    # overlap: IoU 25/175, enclosing 225: GIoU = 1/7 - 50/225 = -5/63 < 0, reward 0
+    ("grounding_box", "[0, 0, 10, 10]", [5, 5, 15, 15], 0.0),
+    # overlap: intersection 8x6 = 48, union 152, enclosing 12x14 = 168: GIoU = 6/19 - 16/168 = 88/399 (IoU 6/19)
+    ("grounding_box", "[0, 0, 10, 10]", [2, 4, 12, 14], 88 / 399),
+    # overlap, enclosing = union 150: GIoU = IoU = 50/150
+    ("grounding_box", "[0, 0, 10, 10]", [5, 0, 15, 10], 1 / 3),
+    # a near miss: intersection 38x38 = 1444, union 1756, enclosing 42x42 = 1764: GIoU = 361/439 - 2/441
+    ("grounding_box", "[12, 12, 52, 52]", [10, 10, 50, 50], 158323 / 193599),
+    # inside: IoU 100/400, enclosing = union: GIoU 1/4
+    ("grounding_box", "[0, 0, 20, 20]", [5, 5, 15, 15], 1 / 4),
+    # containing, the gamed box: GIoU = IoU = 1600 / 200000^2 (no image size: nothing to clip to)
+    ("grounding_box", "[-100000, -100000, 100000, 100000]", [10, 10, 50, 50], 4e-8),
+    # zero area: 0 (it was (GIoU + 1) / 2 = 1/2)
+    ("grounding_box", "[10, 10, 10, 10]", [10, 10, 50, 50], 0.0),
+    ("grounding_box", "[30, 10, 30, 50]", [10, 10, 50, 50], 0.0),
+    # touching: IoU 0, GIoU 0; apart: GIoU -1/3; corner contact: GIoU -1/2; all 0
+    ("grounding_box", "[0, 0, 10, 10]", [10, 0, 20, 10], 0.0),
+    ("grounding_box", "[0, 0, 10, 10]", [20, 0, 30, 10], 0.0),
+    ("grounding_box", "[-5, -5, 5, 5]", [5, 5, 15, 15], 0.0),
+    # without an image size, coordinates are taken as given: IoU 1600/6400 = GIoU
+    ("grounding_box", "[60, 40, 140, 120]", [60, 40, 100, 80], 1 / 4),
     ("grounding_box", "[15, 15, 5, 5]", [5, 5, 15, 15], 0.0),
     ("grounding_box", "[5, 5, 15, 15]", [15, 15, 5, 5], 0.0),
     ("grounding_box", "[a, b, c, d]", [5, 5, 15, 15], 0.0),
     ("grounding_box", "[5, 5, 15]", [5, 5, 15, 15], 0.0),
     ("grounding_box", "[0, 0, 200000, 200000]", [5, 5, 15, 15], 0.0),
     ("grounding_box", "[0, 0, " + "9" * 5000 + ", 10]", [5, 5, 15, 15], 0.0),
-    ("grounding_box", "[5, 5, 5, 5]", [5, 5, 5, 5], 0.0),  # two empty boxes: GIoU is NaN
+    ("grounding_box", "[5, 5, 5, 5]", [5, 5, 5, 5], 0.0),  # two empty boxes (GIoU would be NaN)
     ("grounding_box", "<think>[5, 5, 15, 15]", [5, 5, 15, 15], 0.0),
     ("grounding_point", '{"action": "click", "point": [24, 26]}', [1, 17, 47, 35], 1.0),
     ("grounding_point", "click(24.5, 26.5)", [1, 17, 47, 35], 1.0),
@@ -130,6 +144,65 @@ def test_reward(task, response, answer, expected):
     assert type(value) is float
     assert value == pytest.approx(expected, abs=1e-12)
 
+
+# (task, response, answer, image (width, height), expected): boxes clipped to the image, points off it 0
+SIZED_CASES = [
+    # the gamed box, clipped, is the whole 100x80 image: it contains the gold box, GIoU = IoU = 1600/8000
+    ("grounding_box", "[-100000, -100000, 100000, 100000]", [10, 10, 50, 50], (100, 80), 1 / 5),
+    ("grounding_box", "[0, 0, 100, 80]", [10, 10, 50, 50], (100, 80), 1 / 5),
+    ("grounding_box", "[10, 10, 10, 10]", [10, 10, 50, 50], (100, 80), 0.0),
+    ("grounding_box", "[12, 12, 52, 52]", [10, 10, 50, 50], (100, 80), 158323 / 193599),  # inside: unchanged
+    # clipped to [0, 0, 50, 50]: contains the gold box, IoU 1600/2500 (unclipped 1600/3600)
+    ("grounding_box", "[-10, -10, 50, 50]", [10, 10, 50, 50], (100, 80), 16 / 25),
+    # off the image: clipped to the zero-area [100, 10, 100, 50]
+    ("grounding_box", "[120, 10, 150, 50]", [10, 10, 50, 50], (100, 80), 0.0),
+    ("grounding_box", "[120, 10, 150, 50]", [120, 10, 150, 50], (100, 80), 0.0),  # a gold box off the image
+    # past the image's corner: clipped to [60, 40, 100, 80], the gold box (1/4 unclipped, above)
+    ("grounding_box", "[60, 40, 140, 120]", [60, 40, 100, 80], (100, 80), 1.0),
+    # a gold box partly off the image is clipped too: [90, 70, 100, 80]
+    ("grounding_box", "[90, 70, 100, 80]", [90, 70, 110, 90], (100, 80), 1.0),
+    ("grounding_box", "[5, 5, 15, 15]", [5, 5, 15, 15], (0, 0), 0.0),  # an empty image: nothing to find
+    ("grounding_point", "[24, 26]", [1, 17, 47, 35], (40, 40), 1.0),
+    ("grounding_point", "(40, 35)", [1, 17, 47, 35], (40, 40), 1.0),  # on the image's edge: on it
+    ("grounding_point", "[45, 20]", [1, 17, 47, 35], (40, 40), 0.0),  # in the gold box, off the image
+    ("grounding_point", "[-1, 20]", [-5, 17, 47, 35], (40, 40), 0.0),
+]
+
+
+@pytest.mark.parametrize("task,response,answer,size,expected", SIZED_CASES,
+                         ids=[f"{c[0]}:{c[1][:40]!r}@{c[3]}->{c[4]:.4g}" for c in SIZED_CASES])
+def test_reward_with_image_size(task, response, answer, size, expected):
+    value = REWARDS[task](response, answer, image_size=size)
+    assert type(value) is float
+    assert value == pytest.approx(expected, abs=1e-12)
+    assert safe_reward(task, response, answer, image_size=size) == value
+
+
+def test_an_honest_near_miss_beats_a_huge_box():
+    near, huge, gold = "[12, 12, 52, 52]", "[-100000, -100000, 100000, 100000]", [10, 10, 50, 50]
+    for size in (None, (100, 80), (640, 480)):
+        box = REWARDS["grounding_box"]
+        assert box(near, gold, image_size=size) > 0.8 > 0.2 >= box(huge, gold, image_size=size)
+
+
+_COORD = st.integers(-50, 150)
+_BOX = st.tuples(_COORD, _COORD, _COORD, _COORD).map(lambda b: [min(b[0], b[2]), min(b[1], b[3]),
+                                                               max(b[0], b[2]), max(b[1], b[3])])
+
+
+@settings(max_examples=300, deadline=None)
+@given(pred=_BOX, gold=_BOX, size=st.one_of(st.none(), st.tuples(st.integers(1, 120), st.integers(1, 120))))
+def test_property_no_box_scores_above_its_iou(pred, gold, size):
+    """max(0, GIoU) <= IoU of the (clipped) boxes, equal when one contains the other: no box can be gamed."""
+    value = REWARDS["grounding_box"](str(pred), gold, image_size=size)
+    if size is not None:
+        pred, gold = [[min(max(v, 0), m) for v, m in zip(b, size * 2)] for b in (pred, gold)]
+    boxes = torch.tensor([pred, gold], dtype=torch.float64)
+    iou = 0.0 if any((b[2] - b[0]) * (b[3] - b[1]) == 0 for b in (pred, gold)) else box_iou(boxes[:1], boxes[1:]).item()
+    assert 0.0 <= value <= iou + 1e-12
+    contains = pred[0] <= gold[0] and pred[1] <= gold[1] and pred[2] >= gold[2] and pred[3] >= gold[3]
+    if contains:
+        assert value == pytest.approx(iou, abs=1e-12)
 
 ADVERSARIAL = {
     "brackets": "[" * 100_000,
@@ -178,10 +251,12 @@ ANSWERS = {
 @pytest.mark.parametrize("task", TASKS)
 def test_property_float_in_range_and_bounded(task):
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(prefix=st.text(max_size=30), pieces=st.lists(NEAR_VALID, min_size=1, max_size=3), answer=ANSWERS[task])
-    def check(prefix, pieces, answer):
+    @given(prefix=st.text(max_size=30), pieces=st.lists(NEAR_VALID, min_size=1, max_size=3), answer=ANSWERS[task],
+           size=st.one_of(st.none(), st.tuples(_NUMBER, _NUMBER)))
+    def check(prefix, pieces, answer, size):
+        keywords = {"image_size": size} if task in SIZED_TASKS and size is not None else {}
         start = time.perf_counter()
-        value = REWARDS[task](prefix + " ".join(pieces), answer)
+        value = REWARDS[task](prefix + " ".join(pieces), answer, **keywords)
         assert time.perf_counter() - start < BOUND_S
         assert type(value) is float and 0.0 <= value <= 1.0
 

@@ -1,10 +1,13 @@
-"""Grounding: a box scored by GIoU against the gold box, or a point scored by whether it hits the gold box.
+"""Grounding: a box scored by its GIoU with the gold box, or a point scored by whether it hits the gold box.
 
-Boxes are `[x1, y1, x2, y2]` in absolute pixels, taken as given (no rescaling). A predicted box is the last
-four-number `[x1, y1, x2, y2]` of the final answer (JSON such as `{"bbox_2d": [...]}` included); a point the
-last `[x, y]` or `(x, y)` (JSON such as `{"action": "click", "point": [x, y]}` included). Inverted
-(x2 < x1 or y2 < y1), non-finite, or absurd boxes (a coordinate beyond +-MAX_COORD pixels), either
-predicted or gold, score 0.
+Boxes are `[x1, y1, x2, y2]` in absolute pixels. A predicted box is the last four-number `[x1, y1, x2, y2]` of
+the final answer (JSON such as `{"bbox_2d": [...]}` included); a point the last `[x, y]` or `(x, y)` (JSON such
+as `{"action": "click", "point": [x, y]}` included). Inverted (x2 < x1 or y2 < y1), non-finite, or absurd boxes
+(a coordinate beyond +-MAX_COORD pixels), predicted or gold, score 0.
+
+Given `image_size=(width, height)` (PIL's `Image.size`; `image_size(sample)` reads it from a prompt sample),
+both boxes are clipped to the image `[0, 0, width, height]` first and a point off the image scores 0. Without
+it, coordinates are taken as given.
 """
 
 from __future__ import annotations
@@ -21,29 +24,52 @@ MAX_COORD = 100_000.0  # pixels; no image is this large, so such a coordinate is
 
 
 @guarded
-def grounding_box_reward(response: str, answer) -> float:
-    """(GIoU + 1) / 2 of `response`'s box and the gold box `answer`: 1.0 for the same box, 0.5 for boxes that
-    touch, towards 0 for far-apart ones; 0.0 when either box is invalid."""
+def grounding_box_reward(response: str, answer, image_size: tuple[float, float] | None = None) -> float:
+    """max(0, GIoU) of `response`'s box and the gold box `answer`, both clipped to the image when `image_size`
+    is given: 1.0 for the same box, 0.0 for boxes that do not overlap, and 0.0 when either box is invalid or has
+    no area (after clipping).
+
+    Why this mapping: GIoU = IoU - (enclosing - union) / enclosing is never above IoU, and equals it when one
+    box contains the other. So no box earns more than its IoU, and a box covering the whole image earns
+    area(gold) / area(image), while (GIoU + 1) / 2 paid at least 1/2 for any box containing the gold one, however
+    large. The price: disjoint misses all score 0 (GIoU < 0 no longer ranks them); overlapping misses are still
+    ranked, below their IoU by the slack in their enclosing box.
+    """
     text = final_answer(response)
     pred = None if text is None else last_box(text)
     gold = [float(v) for v in answer]
     if pred is None or not (_valid(pred) and _valid(gold)):
         return 0.0
+    if image_size is not None:
+        pred, gold = _clip(pred, image_size), _clip(gold, image_size)
+    if _area(pred) <= 0 or _area(gold) <= 0:
+        return 0.0
     boxes = torch.tensor([pred, gold], dtype=torch.float64)
-    giou = generalized_box_iou(boxes[:1], boxes[1:])[0, 0].item()  # NaN for two empty boxes: the guard -> 0
-    return (giou + 1) / 2
+    return max(0.0, generalized_box_iou(boxes[:1], boxes[1:])[0, 0].item())
 
 
 @guarded
-def grounding_point_reward(response: str, answer) -> float:
-    """1.0 if `response`'s point lies inside the gold box `answer` (edges included), else 0.0."""
+def grounding_point_reward(response: str, answer, image_size: tuple[float, float] | None = None) -> float:
+    """1.0 if `response`'s point lies inside the gold box `answer` (edges included) and, when `image_size` is
+    given, on the image; else 0.0."""
     text = final_answer(response)
     point = None if text is None else last_point(text)
     gold = [float(v) for v in answer]
     if point is None or not _valid(gold):
         return 0.0
     x, y = point
+    if image_size is not None and not (0 <= x <= image_size[0] and 0 <= y <= image_size[1]):
+        return 0.0
     return float(gold[0] <= x <= gold[2] and gold[1] <= y <= gold[3])
+
+
+def image_size(sample: dict) -> tuple[int, int] | None:
+    """(width, height) of the one image, or the one video's frames, that a prompt sample shows; None when it
+    shows none or several (a box then cannot say which it is in)."""
+    images, videos = sample.get("images") or [], sample.get("videos") or []
+    if len(images) + len(videos) != 1:
+        return None
+    return tuple(images[0].size) if images else tuple(videos[0]["frames"][0].size)
 
 
 def _valid(box: list[float]) -> bool:
@@ -53,3 +79,12 @@ def _valid(box: list[float]) -> bool:
         and box[0] <= box[2]
         and box[1] <= box[3]
     )
+
+
+def _clip(box: list[float], size: tuple[float, float]) -> list[float]:
+    width, height = float(size[0]), float(size[1])
+    return [min(max(v, 0.0), limit) for v, limit in zip(box, (width, height, width, height))]
+
+
+def _area(box: list[float]) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])

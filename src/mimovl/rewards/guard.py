@@ -2,6 +2,7 @@
 
     @guarded
     def my_reward(response, answer) -> float: ...       # any exception -> 0.0, result a float in [0, 1]
+                                                        # (keywords such as image_size= pass through)
 
     ok = bounded(check, gold, pred, timeout_s=3.0)      # check(gold, pred) -> bool, run in a forked child;
                                                         # False when it raises, dies or runs past the deadline
@@ -20,17 +21,17 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-def guarded(fn: Callable[..., float]) -> Callable[[str, object], float]:
-    """Wrap a verifier `(response, answer) -> number` so it returns a Python float clamped to [0, 1].
+def guarded(fn: Callable[..., float]) -> Callable[..., float]:
+    """Wrap a verifier `(response, answer, **keywords) -> number` so it returns a Python float clamped to [0, 1].
 
     Any exception scores 0.0 and is logged at debug level (malformed model output is routine, not an error);
     NaN scores 0.0. KeyboardInterrupt and SystemExit pass through.
     """
 
     @functools.wraps(fn)
-    def wrapper(response, answer) -> float:
+    def wrapper(response, answer, **keywords) -> float:
         try:
-            value = float(fn(response, answer))
+            value = float(fn(response, answer, **keywords))
         except Exception:
             log.debug("%s: scoring raised, reward 0", fn.__qualname__, exc_info=True)
             return 0.0

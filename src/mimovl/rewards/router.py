@@ -9,7 +9,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from mimovl.rewards import safe_reward
+from mimovl.rewards import SIZED_TASKS, image_size, safe_reward
 
 log = logging.getLogger(__name__)
 MODALITIES = ("text", "vision")
@@ -63,7 +63,8 @@ class RewardRouter:
         open_ended = defaultdict(list)  # modality -> [(prompt index, response index)]
         for p, (prompt, group) in enumerate(zip(prompts, groups)):
             if prompt.task is not None:
-                rewards[p] = [safe_reward(prompt.task, text, prompt.answer) for text in group]
+                size = image_size(prompt.sample) if prompt.task in SIZED_TASKS else None  # boxes are clipped to it
+                rewards[p] = [safe_reward(prompt.task, text, prompt.answer, image_size=size) for text in group]
             else:
                 open_ended[prompt.modality].extend((p, i) for i in range(len(group)))
         for modality, where in open_ended.items():
