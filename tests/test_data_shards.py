@@ -1,18 +1,25 @@
-"""Schema checks, synthetic tasks, shard writing (Python, JSONL CLI), the round trip through the stream."""
+"""Schema checks, synthetic tasks, shard writing (Python, JSONL CLI), the round trip through the stream, and what
+a stage run reports about bad shards (summary.json) and a row length no sample fits."""
 
 import copy
 import json
+import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import webdataset as wds
 from PIL import Image
 
 from mimovl.data.schema import SAMPLE_TYPES, validate
-from mimovl.data.shards import main, write_jsonl_shards, write_shards
-from mimovl.data.stream import mixed_stream
+from mimovl.data.shards import _encode_media, _record, main, write_jsonl_shards, write_shards
+from mimovl.data.stream import SKIP_REASONS, mixed_stream
 from mimovl.data.synthetic import COLORS, ensure_synthetic, make_sample, write_synthetic
+from mimovl.errors import UsageError
+from mimovl.stages.pretrain import PretrainModule
+from stagerun import run_stage
+from test_data_stream import PLANTED, record
 
 N = 12  # samples per type in the round trip; qa and reasoning variants cycle by index, so all appear
 
@@ -46,6 +53,7 @@ def test_round_trip_gives_back_every_sample(synth):
             want = make_sample(sample_type, i)
             validate(s)
             assert s["type"] == sample_type and s["source"] == "s" and s["skipped_before"] == 0
+            assert s["dropped_before"] == {}
             assert s["messages"] == want["messages"]
             assert s["meta"] == json.loads(json.dumps(want["meta"]))
             assert len(s["images"]) == len(want["images"])
@@ -300,3 +308,79 @@ def test_jsonl_cli_fails_and_leaves_nothing_when_no_line_is_good(tmp_path):
     assert not list(out.glob("*.tar"))
     with pytest.raises(SystemExit):
         main(["--jsonl", str(jsonl), "--out", f"{out}/no-placeholder.tar"])
+
+
+def cut_last_member(path: Path) -> None:
+    """Truncates a shard in the middle of its last member's data."""
+    with tarfile.open(path) as tar:
+        last = tar.getmembers()[-1]
+    os.truncate(path, last.offset_data + last.size // 2)
+
+
+def planted_shard(path: Path) -> None:
+    """One good caption sample, then one bad sample per skip reason, the last one cut inside its JSON: each pass
+    over the shard loses one sample of every reason and makes one shard error, all reported with the next pass's
+    good sample."""
+    with wds.TarWriter(str(path)) as w:
+        w.write(record(0))
+        for i, reason in enumerate(sorted(PLANTED), start=1):
+            w.write(PLANTED[reason](record(i)))
+        w.write(record(len(PLANTED) + 1))
+    cut_last_member(path)  # the last sample's json
+
+
+def test_a_stage_run_reports_lost_samples_by_reason_and_shard_errors(tmp_path):
+    shard = tmp_path / "planted-000000.tar"
+    planted_shard(shard)
+    summary = run_stage(
+        tmp_path, "data=shards", f"+data.sources.caption={shard}", "data.num_workers=0", "stage.max_steps=2",
+        "stage.seq_len=48", "stage.batch_size=1", "data.shuffle_buffer=1", "data.pack_buffer=2",
+    )
+    assert summary["steps"] == 2
+    written = json.loads((Path(summary["output_dir"]) / "summary.json").read_text())
+    assert {k: written[k] for k in ("skipped", "skipped_by_reason", "shard_errors")} == {
+        k: summary[k] for k in ("skipped", "skipped_by_reason", "shard_errors")}
+    # One 35-token sample per 48-token row, so the shard is read once per row; with 2 rows trained on and a
+    # packing buffer of 2, the rows have read the good sample 3 times: the 2 passes between them lost 2 of each.
+    assert set(SKIP_REASONS) == set(PLANTED) | {"truncated_member"}
+    assert written["skipped_by_reason"] == dict.fromkeys(SKIP_REASONS, 2)
+    assert written["shard_errors"] == 2 and written["skipped"] == 2 * len(SKIP_REASONS)
+
+
+def test_a_seq_len_no_sample_fits_is_refused_before_training(tmp_path, monkeypatch):
+    # text samples of 22 to 68 tokens with the tiny tokenizer
+    shards = write_shards([make_sample("text", i) for i in range(8)], str(tmp_path / "text-%06d.tar"),
+                          progress=False)
+
+    def no_training(*args):
+        raise AssertionError("a training step ran")
+
+    monkeypatch.setattr(PretrainModule, "training_step", no_training)
+    with pytest.raises(UsageError) as refused:
+        run_stage(tmp_path, "data=shards", f"+data.sources.caption={shards[0]}", "data.num_workers=1",
+                  "stage.seq_len=16")
+    message = str(refused.value)
+    assert message.startswith("stage.seq_len=16: only 0 of the first 8 'caption' samples fit in a packed row")
+    assert "raise stage.seq_len to at least" in message and "DataLoader worker" not in message
+    assert not list(tmp_path.rglob("summary.json"))
+
+
+def test_the_reward_model_stage_reports_the_same_accounting(tmp_path):
+    def preference(i, **changes):
+        s = make_sample("preference", i)
+        return {**_record(s["key"], s["type"], s["messages"], s["meta"], _encode_media(s, "png")), **changes}
+
+    shard = tmp_path / "pref-000000.tar"
+    with wds.TarWriter(str(shard)) as w:  # per pass: one good pair, a broken JSON, a sample cut short
+        w.write(preference(0))
+        w.write(preference(1, json=b"{not json"))
+        w.write(preference(2))
+    cut_last_member(shard)
+    summary = run_stage(
+        tmp_path, "stage=rm", "data=shards", f"+data.sources.preference={shard}", "data.num_workers=0",
+        "stage.max_steps=2", "stage.seq_len=256", "stage.batch_size=1", "data.shuffle_buffer=1", "data.pack_buffer=2",
+    )
+    # one 183-token pair per 256-token row: as in the pre-training run above, the 2 rows saw 2 passes' losses
+    assert summary["pairs"] == 2
+    assert summary["skipped_by_reason"] == {**dict.fromkeys(SKIP_REASONS, 0), "bad_json": 2, "truncated_member": 2}
+    assert summary["shard_errors"] == 2 and summary["skipped"] == 4

@@ -1,4 +1,5 @@
-"""The stream reader: corrupt data, frame subsampling, weighted mixing, determinism, rank/worker splits."""
+"""The stream reader: corrupt data and broken shards (counted by reason), frame subsampling, weighted mixing,
+determinism, rank/worker splits."""
 
 import json
 import os
@@ -14,7 +15,7 @@ import torch
 import webdataset as wds
 
 from mimovl.data.shards import _encode_media, _record, write_shards
-from mimovl.data.stream import CorruptSample, decode_sample, mixed_stream, sample_frames
+from mimovl.data.stream import SKIP_REASONS, CorruptSample, decode_sample, mixed_stream, sample_frames
 from mimovl.data.synthetic import make_sample, write_synthetic
 from mimovl.errors import UsageError
 
@@ -49,6 +50,11 @@ def record(i, **changes):
     return r
 
 
+def dropped(samples) -> Counter:
+    """Everything the samples report as lost before them, by name."""
+    return sum((Counter(s["dropped_before"]) for s in samples), Counter())
+
+
 def corrupt_shard(path: Path, first: int) -> set[str]:
     """Good samples around a bad image, broken JSON, a missing json member and a truncated final member.
     Returns the good keys; the shard holds 4 bad samples."""
@@ -80,9 +86,14 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
     assert sum(s["skipped_before"] for s in got) == 4
     # bad samples sit before good ones 2, 3, 4; the truncated last one is added to the last yield
     assert [s["skipped_before"] for s in got] == [0, 1, 1, 2]
+    # by reason; the cut also makes the shard read a shard error (one, logged with the shard's path)
+    assert [s["dropped_before"] for s in got] == [
+        {}, {"bad_image": 1}, {"bad_json": 1}, {"missing_member": 1, "truncated_member": 1, "shard_errors": 1}]
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped sample")]
     assert len(skipped) == 4 and all("bad-0.tar" in m for m in skipped)
-    assert any("train_caption_0000003" in m and "JSONDecodeError" in m for m in skipped)
+    assert any("(bad_json)" in m and "train_caption_0000003" in m and "JSONDecodeError" in m for m in skipped)
+    shard_errors = [r.getMessage() for r in caplog.records if r.getMessage().startswith("shard read error")]
+    assert len(shard_errors) == 1 and "bad-0.tar" in shard_errors[0] and "cut inside member" in shard_errors[0]
 
 
 def test_skip_counts_flow_through_dataloader_workers(tmp_path):
@@ -96,17 +107,87 @@ def test_skip_counts_flow_through_dataloader_workers(tmp_path):
     got = list(loader(ds, num_workers=2))
     assert {s["key"] for s in got} == good and len(got) == 8
     assert sum(s["skipped_before"] for s in got) == 8
+    assert dropped(got) == Counter(bad_image=2, bad_json=2, missing_member=2, truncated_member=2, shard_errors=2)
 
 
 def test_decode_sample_names_key_and_reason():
-    with pytest.raises(CorruptSample, match=r"key k7: ValueError: missing member KEY.img0.png"):
+    with pytest.raises(CorruptSample, match=r"key k7: MissingMember: missing member KEY.img0.png") as caught:
         raw = {"__key__": "k7", "__url__": "x.tar", "json": record(0)["json"]}
         decode_sample(raw, "src")
+    assert caught.value.reason == "missing_member"
     raw = {"__key__": "k7", "__url__": "x.tar", **{k: v for k, v in record(0).items() if k != "__key__"}}
     header = json.loads(raw["json"])
     header["type"] = "poem"
-    with pytest.raises(CorruptSample, match="shard x.tar key k7: ValueError: .*unknown type 'poem'"):
+    with pytest.raises(CorruptSample, match="shard x.tar key k7: ValueError: .*unknown type 'poem'") as caught:
         decode_sample({**raw, "json": json.dumps(header).encode()}, "src")
+    assert caught.value.reason == "bad_schema"
+
+
+def without(field):
+    header = json.loads(record(0)["json"])
+    del header[field]
+    return json.dumps(header).encode()
+
+
+def reshaped(change):
+    header = json.loads(record(0)["json"])
+    change(header)
+    return json.dumps(header).encode()
+
+
+# One planted sample per skip reason (truncated_member needs a cut shard: see corrupt_shard and cut_shards).
+PLANTED = {
+    "missing_member": lambda r: {k: v for k, v in r.items() if k != "img0.png"},
+    "bad_json": lambda r: {**r, "json": b'{"type": "caption", "messages": ['},
+    "missing_field": lambda r: {**r, "json": without("media")},
+    "bad_image": lambda r: {**r, "img0.png": r["img0.png"][: len(r["img0.png"]) // 2]},  # truncated PNG
+    "bad_schema": lambda r: {**r, "json": reshaped(lambda h: h["messages"].append(h["messages"][0]))},
+}
+
+
+@pytest.mark.parametrize("reason", sorted(PLANTED))
+def test_each_planted_problem_is_skipped_with_its_reason(reason):
+    raw = {"__url__": "x.tar", **PLANTED[reason](record(0))}
+    with pytest.raises(CorruptSample) as caught:
+        decode_sample(raw, "src")
+    assert caught.value.reason == reason and reason in SKIP_REASONS
+
+
+def cut_shards(root: Path) -> dict[str, Path]:
+    """A good shard of 5 and one broken shard per way a shard read fails; "header" is the good shard cut 100
+    bytes into the header of its 4th sample's first member, "boundary" cut right before it."""
+    good = root / "good.tar"
+    with wds.TarWriter(str(good)) as w:
+        for i in range(5):
+            w.write(record(i))
+    with tarfile.open(good) as tar:
+        fourth = next(m for m in tar.getmembers() if m.name.startswith("train_caption_0000003."))
+    shards = {"good": good, "zero": root / "zero.tar", "not_a_tar": root / "not_a_tar.tar",
+              "header": root / "header.tar", "boundary": root / "boundary.tar"}
+    shards["zero"].write_bytes(b"")
+    shards["not_a_tar"].write_bytes(b"<html>404 Not Found</html>\n" * 100)
+    for name, size in (("header", fourth.offset + 100), ("boundary", fourth.offset)):
+        shards[name].write_bytes(good.read_bytes()[:size])
+    return shards
+
+
+@pytest.mark.parametrize("broken, arriving", [("zero", 0), ("not_a_tar", 0), ("header", 3), ("boundary", 3)])
+def test_each_broken_shard_read_is_one_shard_error(tmp_path, caplog, broken, arriving):
+    shards = cut_shards(tmp_path)
+    urls = [str(shards["good"]), str(shards[broken])]
+    got = list(mixed_stream({"c": {"urls": urls, "weight": 1}}, seed=0, shuffle_buffer=0, resample=False))
+    # the good shard's 5 samples, and the 3 before the cut of a cut one
+    assert sorted(s["key"] for s in got) == sorted(
+        [f"train_caption_{i:07d}" for i in range(5)] + [f"train_caption_{i:07d}" for i in range(arriving)])
+    assert dropped(got) == Counter(shard_errors=1)
+    errors = [r.getMessage() for r in caplog.records if r.getMessage().startswith("shard read error")]
+    assert len(errors) == 1 and str(shards[broken]) in errors[0]
+
+
+def test_an_intact_shard_reports_nothing_lost(tmp_path, caplog):
+    got = list(mixed_stream({"c": {"urls": str(cut_shards(tmp_path)["good"])}}, seed=0, shuffle_buffer=0,
+                            resample=False))
+    assert len(got) == 5 and dropped(got) == Counter() and not caplog.records
 
 
 def test_sample_frames_exact_values():

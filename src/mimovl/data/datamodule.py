@@ -3,11 +3,15 @@
 The stream is deterministic for a given seed, world size and worker count, so an exact resume re-reads it and
 skips the batches the checkpointed run already trained on (`state_dict` records how many). That costs one
 pass of reading and packing over the skipped part, and no model compute.
+
+Before any worker starts, `check_rows_fit` reads a few samples of every source in the main process and refuses
+(UsageError naming stage.seq_len) a row length that hardly any of them fits.
 """
 
 import functools
 import itertools
 import logging
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, IterableDataset
@@ -50,19 +54,50 @@ class TrainBatches:
         yield from with_window_tokens(itertools.islice(iter(self.loader), skip, None), self.accumulate)
 
 
-def check_rows_fit_media(sources: dict, processor, seq_len: int, **stream_args) -> None:
-    """A UsageError when one image or video of a source's first sample alone is longer than a packed row: every
-    such sample would be dropped. Checked here, in the main process, on one sample per source."""
+# Samples per source that check_rows_fit reads, and the share of them that must fit in a row.
+PROBE_SAMPLES = 8
+MIN_FIT_SHARE = 0.25
+
+
+def sample_lengths(processor) -> Callable[[dict], tuple[int, int]]:
+    """(tokens, image and video tokens) of a sample as `PackedStream` packs it."""
+    def lengths(sample: dict) -> tuple[int, int]:
+        encoded = encode(sample, processor)
+        return len(encoded), int((encoded.mm_token_type_ids > 0).sum())
+    return lengths
+
+
+def check_rows_fit(sources: dict, seq_len: int, lengths: Callable[[dict], tuple[int, int]], **stream_args) -> None:
+    """A UsageError when fewer than MIN_FIT_SHARE of a source's first PROBE_SAMPLES samples fit in a packed row
+    of seq_len tokens: training would drop (nearly) all of that source as too long, and would only say so after
+    MAX_TOO_LONG_IN_A_ROW samples, from inside a DataLoader worker. Run in the main process before training.
+
+    `lengths(sample)` gives (tokens, image and video tokens) of a sample as packed (`sample_lengths`). Every
+    rank reads the same samples (the rank-0 split of a single pass), so all ranks reach the same verdict.
+    Logs a warning when some of the probed samples do not fit.
+    """
     for name, spec in sources.items():
-        sample = next(iter(mixed_stream({name: spec}, seed=0, shuffle_buffer=0, resample=False, **stream_args)), None)
-        if sample is None:
+        stream = mixed_stream({name: spec}, seed=0, shuffle_buffer=0, resample=False, rank=0, world_size=1,
+                              **stream_args)
+        sizes = [lengths(sample) for sample in itertools.islice(stream, PROBE_SAMPLES)]
+        fit = sum(tokens <= seq_len for tokens, _ in sizes)
+        if fit == len(sizes):
             continue
-        media_tokens = int((encode(sample, processor).mm_token_type_ids > 0).sum())
-        if media_tokens > seq_len:
+        longest = max(tokens for tokens, _ in sizes)
+        if fit >= MIN_FIT_SHARE * len(sizes):
+            log.warning("stage.seq_len=%d: %d of the first %d %r samples are longer (up to %d tokens) and will be "
+                        "dropped as too long", seq_len, len(sizes) - fit, len(sizes), name, longest)
+            continue
+        tokens, media = min(sizes)
+        if media > seq_len:
             raise UsageError(
                 f"stage.seq_len={seq_len} is smaller than the images or videos of one {name!r} sample "
-                f"({media_tokens} tokens): raise stage.seq_len, or lower the processor's max_pixels (or "
-                "data.max_frames for video)")
+                f"({media} tokens): raise stage.seq_len to at least {longest} (fits the first {len(sizes)} samples), "
+                "or lower the processor's max_pixels (or data.max_frames for video)")
+        raise UsageError(
+            f"stage.seq_len={seq_len}: only {fit} of the first {len(sizes)} {name!r} samples fit in a packed row "
+            f"(they take {tokens} to {longest} tokens), so training would drop nearly all of them as too long: "
+            f"raise stage.seq_len to at least {longest}")
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -102,8 +137,8 @@ class ShardDataModule(pl.LightningDataModule):
             name: {"urls": self.sources[name], "weight": weight}
             for name, weight in self.mix.items() if weight > 0
         }
-        check_rows_fit_media(sources, self.processor, self.seq_len, video_fps=self.video_fps,
-                             max_frames=self.max_frames)
+        check_rows_fit(sources, self.seq_len, sample_lengths(self.processor), video_fps=self.video_fps,
+                       max_frames=self.max_frames)
         dataset = PackedStream(
             sources, self.processor, self.seq_len, self.pack_buffer, seed=self.seed,
             shuffle_buffer=self.shuffle_buffer, video_fps=self.video_fps, max_frames=self.max_frames,

@@ -6,7 +6,7 @@ learned. Vision pad tokens are never learned. The processor expands each `<|imag
 to the number of merged patches of its image or video, so token counts always match the vision tower.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,6 +34,7 @@ class Encoded:
     video_grid_thw: torch.Tensor | None = None
     second_per_grid_ts: torch.Tensor | None = None
     skipped: int = 0  # corrupt samples the reader skipped just before this one
+    dropped: dict[str, int] = field(default_factory=dict)  # the same by reason, plus shard errors (stream.DROPPED)
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -94,6 +95,7 @@ def encode(sample: dict, processor) -> Encoded:
         video_grid_thw=features.get("video_grid_thw"),
         second_per_grid_ts=_as_tensor(features.get("second_per_grid_ts")),
         skipped=int(sample.get("skipped_before", 0)),
+        dropped=dict(sample.get("dropped_before", {})),
     )
 
 

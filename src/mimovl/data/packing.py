@@ -7,13 +7,15 @@ one. A sample longer than the row is dropped and counted, never cut: a cut throu
 """
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from mimovl.data.encode import IGNORE, Encoded
 from mimovl.data.schema import SAMPLE_TYPES
+from mimovl.data.stream import DROPPED, SKIP_REASONS
 from mimovl.errors import UsageError
 
 # Vision tensors, concatenated over the samples of a batch in order (the model consumes them in that order).
@@ -22,11 +24,13 @@ VISION_FIELDS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video
 
 @dataclass
 class Row:
-    """One packed sequence: whole samples, plus the corrupt and too-long samples skipped on the way."""
+    """One packed sequence: whole samples, plus the corrupt and too-long samples skipped on the way (and what
+    the reader lost, by `mimovl.data.stream.DROPPED` name)."""
 
     samples: list[Encoded] = field(default_factory=list)
     skipped: int = 0
     too_long: int = 0
+    dropped: Counter = field(default_factory=Counter)
 
     @property
     def length(self) -> int:
@@ -46,6 +50,7 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
     """
     held: list[Encoded] = []
     skipped = too_long = too_long_in_a_row = 0
+    dropped: Counter = Counter()
     stream = iter(samples)
     exhausted = False
     while True:
@@ -55,6 +60,7 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
                 exhausted = True
                 continue
             skipped += sample.skipped
+            dropped.update(sample.dropped)
             if len(sample) <= seq_len:
                 held.append(sample)
                 too_long_in_a_row = 0
@@ -68,8 +74,9 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
                 )
         if not held:
             return
-        row, space = Row(skipped=skipped, too_long=too_long), seq_len
+        row, space = Row(skipped=skipped, too_long=too_long, dropped=dropped), seq_len
         skipped = too_long = 0
+        dropped = Counter()
         pick = held[0]
         while True:
             held.remove(pick)
@@ -87,7 +94,8 @@ def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.
 
     Returns input_ids, targets (next-token labels, IGNORE where nothing is learned), mm_token_type_ids,
     segment_ids (1.. per sample, 0 for padding), type_ids (index into SAMPLE_TYPES, -1 for padding), the vision
-    tensors of all samples in order, and the counts `skipped` and `too_long`.
+    tensors of all samples in order, the counts `skipped` and `too_long`, and `dropped`: what the reader lost,
+    one count per `mimovl.data.stream.DROPPED` name, in that order (`dropped_counts` names them).
     """
     batch = {
         "input_ids": torch.full((len(rows), seq_len), pad_id, dtype=torch.long),
@@ -115,7 +123,34 @@ def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.
             batch[name] = torch.cat(parts)
     batch["skipped"] = torch.tensor(sum(r.skipped for r in rows))
     batch["too_long"] = torch.tensor(sum(r.too_long for r in rows))
+    dropped = sum((r.dropped for r in rows), Counter())
+    batch["dropped"] = torch.tensor([dropped[name] for name in DROPPED])
     return batch
+
+
+def dropped_counts(values: Sequence[float] | None = None) -> dict:
+    """batch["dropped"] values (summed over ranks, say) as summary figures: {"skipped_by_reason": {reason: n}
+    over SKIP_REASONS, "shard_errors": n}; all zero without values."""
+    named = dict(zip(DROPPED, [int(v) for v in values] if values is not None else [0] * len(DROPPED)))
+    return {"skipped_by_reason": {reason: named[reason] for reason in SKIP_REASONS},
+            "shard_errors": named["shard_errors"]}
+
+
+def add_counts(total: dict, more: dict) -> dict:
+    """`total` plus `more`, key by key, into nested dicts (a new dict of ints); `more` may lack keys of `total`."""
+    return {name: add_counts(value, more.get(name, {})) if isinstance(value, dict)
+            else value + int(more.get(name, 0)) for name, value in total.items()}
+
+
+def flat_counts(counts: dict, prefix: str = "") -> dict[str, float]:
+    """Nested counts as {"a/b": n} (for logging one metric each)."""
+    flat = {}
+    for name, value in counts.items():
+        if isinstance(value, dict):
+            flat.update(flat_counts(value, f"{prefix}{name}/"))
+        else:
+            flat[f"{prefix}{name}"] = float(value)
+    return flat
 
 
 def with_window_tokens(batches: Iterable[dict], accumulate: int) -> Iterator[dict]:

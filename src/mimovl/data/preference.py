@@ -10,13 +10,14 @@ every odd sequence of a batch is a chosen answer and the next one its rejected t
 import functools
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
 
-from mimovl.data.datamodule import PackedStream, ShardDataModule
+from mimovl.data.datamodule import PackedStream, ShardDataModule, check_rows_fit
 from mimovl.data.encode import END_OF_TURN, Encoded, encode
 from mimovl.data.packing import Row, collate_rows, pack_rows
 
@@ -55,7 +56,8 @@ class Pair:
 
     chosen: Encoded
     rejected: Encoded
-    skipped: int = 0  # corrupt (or filtered-out) samples read just before this pair
+    skipped: int = 0  # corrupt samples read just before this pair (or before the samples the modality drops)
+    dropped: Counter = field(default_factory=Counter)  # the same by reason, plus shard errors (stream.DROPPED)
     type: str = "preference"
 
     def __len__(self) -> int:
@@ -76,7 +78,7 @@ def encode_pair(sample: dict, processor) -> Pair:
 def unpack_pairs(row: Row) -> Row:
     """A row of Pairs as a row of Encoded sequences: each pair's chosen answer, then its rejected one."""
     sequences = [e for pair in row.samples for e in (pair.chosen, pair.rejected)]
-    return Row(samples=sequences, skipped=row.skipped, too_long=row.too_long)
+    return Row(samples=sequences, skipped=row.skipped, too_long=row.too_long, dropped=row.dropped)
 
 
 def collate_pairs(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -100,9 +102,10 @@ class PairStream(PackedStream):
 
     def pairs(self) -> Iterator[Pair]:
         """Encoded pairs in stream order; samples the modality drops pass their skip counts on."""
-        carried = filtered = 0
+        carried, dropped, filtered = 0, Counter(), 0
         for sample in self.samples:
             carried += sample.get("skipped_before", 0)
+            dropped.update(sample.get("dropped_before", {}))
             if self.modality == "text" and not is_text_only(sample):
                 filtered += 1
                 if filtered >= MAX_FILTERED_IN_A_ROW:
@@ -110,7 +113,8 @@ class PairStream(PackedStream):
                                      "model needs text-only pairs in its sources")
                 continue
             pair = encode_pair(sample, self.processor)
-            pair.skipped, carried, filtered = carried, 0, 0
+            pair.skipped, pair.dropped = carried, dropped
+            carried, dropped, filtered = 0, Counter(), 0
             yield pair
 
     def __iter__(self):
@@ -160,6 +164,8 @@ class PreferenceDataModule(ShardDataModule):
             name: {"urls": self.sources[name], "weight": weight}
             for name, weight in self.mix.items() if weight > 0
         }
+        check_rows_fit(sources, self.seq_len, self._pair_lengths, video_fps=self.video_fps,
+                       max_frames=self.max_frames)
         dataset = PairStream(
             sources, self.processor, self.seq_len, self.pack_buffer, self.modality, seed=self.seed,
             shuffle_buffer=self.shuffle_buffer, video_fps=self.video_fps, max_frames=self.max_frames,
@@ -170,3 +176,9 @@ class PreferenceDataModule(ShardDataModule):
             collate_fn=functools.partial(collate_pairs, seq_len=self.seq_len, pad_id=pad_id),
         )
         return PairBatches(loader, self.trainer.accumulate_grad_batches, self.batches_to_skip)
+
+    def _pair_lengths(self, sample: dict) -> tuple[int, int]:
+        """(tokens, image and video tokens) of a sample's pair as `PairStream` packs it (`check_rows_fit`)."""
+        pair = encode_pair(sample, self.processor)
+        media = sum(int((e.mm_token_type_ids > 0).sum()) for e in (pair.chosen, pair.rejected))
+        return len(pair), media

@@ -14,6 +14,8 @@ A sample is a dict:
       "meta": dict,           # task facts (JSON-serialisable), see below
       "skipped_before": int,  # corrupt samples this reader worker dropped since its previous sample (added
                               # by the reader)
+      "dropped_before": {str: int},  # the same by reason, plus shard read errors (mimovl.data.stream.DROPPED;
+                              # added by the reader; only names with a count)
     }
 
 Types. DOCUMENT_TYPES (caption, interleaved, text) hold exactly one message with role "document" whose parts
@@ -94,7 +96,8 @@ def count_parts(messages: list[dict], part_type: str) -> int:
 def validate(sample: dict) -> None:
     """Raise ValueError naming the first problem found; return None for a well-formed sample.
 
-    Checks the stored fields always and "source" / "skipped_before" when present (the reader adds them).
+    Checks the stored fields always and "source" / "skipped_before" / "dropped_before" when present (the reader
+    adds them).
     """
     for name in STORED_FIELDS:
         if name not in sample:
@@ -108,6 +111,9 @@ def validate(sample: dict) -> None:
         isinstance(sample["skipped_before"], int) and sample["skipped_before"] >= 0
     ):
         raise ValueError(f"{key}: skipped_before must be a non-negative int")
+    dropped = sample.get("dropped_before", {})
+    if not isinstance(dropped, dict) or any(not isinstance(n, int) or n < 0 for n in dropped.values()):
+        raise ValueError(f"{key}: dropped_before must map names to non-negative ints")
     if sample["type"] not in SAMPLE_TYPES:
         raise ValueError(f"{key}: unknown type {sample['type']!r}, expected one of {SAMPLE_TYPES}")
     if not isinstance(sample["meta"], dict):

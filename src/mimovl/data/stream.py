@@ -15,8 +15,23 @@ Splitting: rank r of world size W, DataLoader worker w of N, reads "slot" r*N + 
 least W*N shards gives each slot its own shards (disjoint); with fewer, every slot resamples from all of them
 (own seed, so no rank starves). With resample=False the split is always disjoint, so a slot may get none.
 
-Corrupt samples are logged, dropped and counted (SkipCounter); each yielded sample carries the count since the
-previous one in "skipped_before" (trailing skips of a finite stream are added to its last sample).
+What is lost on the way is logged and counted (SkipCounter), never dropped silently. Each yielded sample
+carries what was lost since the previous one (the losses after the last sample of a finite stream are added
+to it): "dropped_before", {name: count} over DROPPED (only names with a count), and "skipped_before", the
+total of its skipped samples. The names:
+
+    truncated_member  a sample cut off by a shard that ends inside one of its members
+    missing_member    its KEY.json, or an image or frame its JSON names, is not in the tar
+    bad_json          KEY.json is not valid JSON (or not UTF-8)
+    missing_field     the JSON lacks a field (type, messages, meta, media, a media item's kind, ...)
+    bad_image         an image or video frame does not decode (corrupt, truncated, not an image)
+    bad_schema        anything else `mimovl.data.schema.validate` or the media layout rejects
+    shard_errors      shard reads that failed or stopped early: cannot open, zero bytes, not a tar, cut inside a
+                      header or member, no end-of-archive marker (`mimovl.data.tars`); the log names the shard.
+                      A resampled shard counts again each time it is read.
+
+The training stages sum these over ranks into summary.json: `skipped` (all skipped samples),
+`skipped_by_reason` ({reason: count} over SKIP_REASONS) and `shard_errors`.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import json
 import logging
 import os
 import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from functools import partial
 from itertools import islice
@@ -38,13 +54,42 @@ import webdataset as wds
 from PIL import Image
 
 from mimovl.data.schema import validate
+from mimovl.data.tars import TRUNCATED, tar_samples
 from mimovl.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 
+# Why a sample was skipped, in a fixed order (the stages sum them over ranks as one vector); see the docstring.
+SKIP_REASONS = ("truncated_member", "missing_member", "bad_json", "missing_field", "bad_image", "bad_schema")
+DROPPED = (*SKIP_REASONS, "shard_errors")  # everything a stream counts as lost, in batch["dropped"] order
+
+
 class CorruptSample(ValueError):
-    """A sample that cannot be decoded; the message names its shard, key and the reason."""
+    """A sample that cannot be decoded; the message names its shard, key and the problem, `reason` is one of
+    SKIP_REASONS."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Skip(ValueError):
+    """A decoding failure whose reason its class knows (the other reasons follow from the exception type)."""
+
+    reason = "bad_schema"
+
+
+class TruncatedMember(_Skip):
+    reason = "truncated_member"
+
+
+class MissingMember(_Skip):
+    reason = "missing_member"
+
+
+class BadImage(_Skip):
+    reason = "bad_image"
 
 
 def sample_frames(timestamps: Sequence[float], target_fps: float | None, max_frames: int | None) -> list[int]:
@@ -79,19 +124,31 @@ def decode_sample(
     """Turn one tar sample (webdataset's dict of member bytes) into a validated schema sample.
 
     Videos are subsampled to `video_fps` / `max_frames` here, so dropped frames are never decoded.
-    Raises CorruptSample on anything wrong: bad JSON, a missing member or field, undecodable or truncated
-    image bytes, a schema violation.
+    Raises CorruptSample on anything wrong, with its reason (SKIP_REASONS): a member cut off, a missing member
+    or field, bad JSON, undecodable or truncated image bytes, a schema violation.
     """
     try:
         return _decode(raw, source, video_fps, max_frames)
     except Exception as exn:
         where = f"shard {raw.get('__url__')} key {raw.get('__key__')}"
-        raise CorruptSample(f"{where}: {type(exn).__name__}: {exn}") from exn
+        raise CorruptSample(f"{where}: {type(exn).__name__}: {exn}", _skip_reason(exn)) from exn
+
+
+def _skip_reason(exn: Exception) -> str:
+    if isinstance(exn, _Skip):
+        return exn.reason
+    if isinstance(exn, (json.JSONDecodeError, UnicodeDecodeError)):
+        return "bad_json"
+    if isinstance(exn, KeyError):  # a field read from the JSON header
+        return "missing_field"
+    return "bad_schema"
 
 
 def _decode(raw: dict, source: str, video_fps: float | None, max_frames: int | None) -> dict:
+    if TRUNCATED in raw:
+        raise TruncatedMember("the shard ends inside one of its members")
     if "json" not in raw:
-        raise ValueError("missing member KEY.json")
+        raise MissingMember("missing member KEY.json")
     header = json.loads(raw["json"])
     images, videos = [], []
     for item in header["media"]:
@@ -120,6 +177,7 @@ def _decode(raw: dict, source: str, video_fps: float | None, max_frames: int | N
         "videos": videos,
         "meta": header["meta"],
         "skipped_before": 0,
+        "dropped_before": {},
     }
     validate(sample)
     return sample
@@ -127,39 +185,42 @@ def _decode(raw: dict, source: str, video_fps: float | None, max_frames: int | N
 
 def _image(raw: dict, name: str) -> Image.Image:
     if name not in raw:
-        raise ValueError(f"missing member KEY.{name}")
-    img = Image.open(io.BytesIO(raw[name]))
-    img.load()  # decode now: truncated or corrupt bytes fail here, not in a training step
-    return img.convert("RGB")
+        raise MissingMember(f"missing member KEY.{name}")
+    try:
+        img = Image.open(io.BytesIO(raw[name]))
+        img.load()  # decode now: truncated or corrupt bytes fail here, not in a training step
+        return img.convert("RGB")
+    except Exception as exn:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise BadImage(f"member KEY.{name}: {type(exn).__name__}: {exn}") from exn
 
 
 class SkipCounter:
-    """A webdataset error handler that logs each failure, counts it and never re-raises.
+    """A webdataset error handler that logs each failure, counts it by DROPPED name and never re-raises.
 
-    CorruptSample errors are skipped samples: `skipped` counts them, `take()` returns (and resets) the count
-    since the last call. Anything else means a shard could not be opened or read to its end (`read_errors`;
-    a truncated shard reports up to two): its remaining samples are lost uncounted, but a sample cut short is
-    still counted, as it then fails to decode.
+    A CorruptSample is a skipped sample, counted under its reason; anything else is a shard read that failed or
+    stopped early (`shard_errors`: one per read from `mimovl.data.tars`; the samples after the failure are
+    lost uncounted, a sample cut short is counted as truncated_member). `counts` holds everything so far,
+    `take()` returns (and resets) what came since its last call.
     """
 
     def __init__(self) -> None:
-        self.skipped = 0
-        self.read_errors = 0
-        self._pending = 0
+        self.counts: Counter[str] = Counter()
+        self._pending: Counter[str] = Counter()
 
     def __call__(self, exn: Exception) -> bool:
         if isinstance(exn, CorruptSample):
-            self.skipped += 1
-            self._pending += 1
-            log.warning("skipped sample: %s", exn)
+            name = exn.reason
+            log.warning("skipped sample (%s): %s", name, exn)
         else:
-            self.read_errors += 1
+            name = "shard_errors"
             log.warning("shard read error: %s: %s", type(exn).__name__, exn)
+        self.counts[name] += 1
+        self._pending[name] += 1
         return True  # webdataset: True means continue
 
-    def take(self) -> int:
-        n, self._pending = self._pending, 0
-        return n
+    def take(self) -> Counter[str]:
+        taken, self._pending = self._pending, Counter()
+        return taken
 
 
 def mixed_stream(
@@ -241,7 +302,7 @@ class MixedStream(torch.utils.data.IterableDataset):
         stall = StallGuard(name, limit=10 * len(urls) + 10)
         # shuffle raw member bytes (compressed), decode afterwards: the buffer stays small
         return wds.DataPipeline(
-            *shards, stall.count_shards, wds.tarfile_to_samples(handler=counter), shuffle,
+            *shards, stall.count_shards, partial(tar_samples, handler=counter), shuffle,
             wds.map(decode, handler=counter), stall.reset_on_samples,
         )
 
@@ -286,16 +347,23 @@ def _mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random
 
 
 def _count_skips(samples: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:
-    # one sample of lookahead so the skips after the last sample of a finite stream are still reported
+    # one sample of lookahead so the losses after the last sample of a finite stream are still reported
     prev = None
     for sample in samples:
-        sample["skipped_before"] = counter.take()
+        _carry(sample, counter.take())
         if prev is not None:
             yield prev
         prev = sample
     if prev is not None:
-        prev["skipped_before"] += counter.take()
+        _carry(prev, counter.take())
         yield prev
+
+
+def _carry(sample: dict, dropped: Counter) -> None:
+    """Adds `dropped` to what `sample` reports as lost before it (its "dropped_before" and "skipped_before")."""
+    total = Counter(sample["dropped_before"]) + dropped
+    sample["dropped_before"] = dict(total)
+    sample["skipped_before"] = sum(total[reason] for reason in SKIP_REASONS)
 
 
 def stable_seed(*parts) -> int:
