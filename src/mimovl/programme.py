@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from mimovl.cli import DEFAULT_RUNNER
 from mimovl.errors import UsageError
+from mimovl.outputs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def run_all(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     summary = programme_summary(done)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(output_dir / "summary.json", summary)
     print(f"[mimovl] all: {', '.join(done)} done under {run_root}\n{format_table(summary['table'])}")
     return summary
 

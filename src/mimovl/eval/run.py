@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from mimovl.errors import UsageError
 from mimovl.eval.score import generate_and_score, sums_by_kind
 from mimovl.model.export import export_hf
+from mimovl.outputs import write_json
 from mimovl.rewards.router import RewardRouter
 from mimovl.rl.rollout import Sampling
 from mimovl.train import (
@@ -86,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict:
                                 "response": row.completion.text, "finished": row.completion.finished,
                                 "reward": row.reward}) + "\n")
     summary["wandb"], log_dirs = _log(cfg, scores, scored)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(output_dir / "summary.json", summary)
     table = ", ".join(f"{kind} {score:.3f}" for kind, score in scores.items())
     print(f"[mimovl] eval: {len(scored)} prompts, mean {summary['mean_score']:.3f} ({table}); "
           f"summary in {output_dir / 'summary.json'}")

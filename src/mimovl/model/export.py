@@ -17,6 +17,7 @@ from torch.distributed.tensor import DTensor
 from transformers import GenerationConfig, PreTrainedConfig, Qwen2_5_VLForConditionalGeneration
 
 from mimovl.model.build import as_dtype, generation_config
+from mimovl.outputs import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,11 @@ def export_state_dict(
     """Export a full state dict with transformers' in-memory names (`model.visual.*`,
     `model.language_model.*`, `lm_head.*`; an extra leading `model.` from a LightningModule is stripped)
     under `config`. Strict: a missing or unexpected tensor raises, naming it. `generation` defaults to
-    stopping on <|im_end|> or <|endoftext|>, ids from the processor's tokenizer."""
+    stopping on <|im_end|> or <|endoftext|>, ids from the processor's tokenizer.
+
+    Atomic: the files are written into a temp directory beside `out_dir`, which then replaces `out_dir` whole, so a
+    reader (or a kill) never meets a half-written export (`mimovl.outputs.atomic_directory`)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     state_dict = _strip_wrapper_prefix(state_dict)
     dtype = as_dtype(dtype) if dtype is not None else next(iter(state_dict.values())).dtype
     # A meta-device shell holds the tensors by reference (assign=True): no second copy of a 7B model,
@@ -66,10 +69,11 @@ def export_state_dict(
     shell.load_state_dict(tensors, strict=True, assign=True)
     shell.config.dtype = dtype
     shell.generation_config = generation or generation_config(processor.tokenizer)
-    shell.save_pretrained(str(out_dir))
-    processor.save_pretrained(str(out_dir))
-    processor.image_processor.save_pretrained(str(out_dir))
-    processor.video_processor.save_pretrained(str(out_dir))
+    with atomic_directory(out_dir) as tmp:
+        shell.save_pretrained(str(tmp))
+        processor.save_pretrained(str(tmp))
+        processor.image_processor.save_pretrained(str(tmp))
+        processor.video_processor.save_pretrained(str(tmp))
     log.info("exported %d tensors (%s) to %s", len(tensors), dtype, out_dir)
     return out_dir
 
