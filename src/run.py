@@ -5,6 +5,7 @@
     python src/run.py +recipe=mimo_vl stage=rl        # the quickstart: GRPO with vLLM rollouts on CPU
     python src/run.py +recipe=mimo_vl stage=all       # s1 -> s2 -> s3 -> s4 -> rm_text -> rm -> rl -> eval
     python src/run.py +recipe=mimo_vl stage=s3 model=mimo_vl_7b model.vit_path=... model.llm_path=...
+    python src/run.py stage=s2 -v                     # every library's log lines on the console too
 """
 
 import sys
@@ -24,4 +25,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # `-v` is `verbose=true`: every library's log lines on the console too.
+    sys.argv = [("verbose=true" if arg in ("-v", "--verbose") else arg) for arg in sys.argv]
     main()

@@ -1,15 +1,16 @@
 """Shared fixtures: a tiny exported Qwen2.5-VL directory and ONE vLLM engine over it per test session."""
 
 import os
-
-# vLLM reads these at import and engine start: keep the engine in this process, and its KV cache at 1 GiB
-# (unset, one CPU engine sized a 21.7M-token cache and a second engine was killed for memory).
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
+
+
+# What a user's shell has: none of the variables that steer vLLM, W&B or the Hub. Tests that run a user's command
+# give the child this environment; the project sets what its libraries need itself.
+USER_ENV = {k: v for k, v in os.environ.items() if not re.match(r"(VLLM|WANDB|HF)_", k)}
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,17 @@
 """The README's main command as a user runs it, and the messages a user gets for common mistakes."""
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import USER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 README_COMMAND = "python src/run.py +recipe=mimo_vl stage=rl"
-ENV = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HYDRA_FULL_ERROR": ""}
+ENV = {k: v for k, v in USER_ENV.items() if k != "HYDRA_FULL_ERROR"}
 
 
 def run_py(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

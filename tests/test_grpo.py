@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mimovl.errors import UsageError
 from mimovl.rl.grpo import LossConfig, aggregation_coefs, group_advantages, policy_loss
 from mimovl.rl.sampling import EasyPool, collect
 
@@ -91,9 +92,9 @@ def test_ratio_form_at_the_sampling_policy_has_the_same_gradient():
 
 
 def test_loss_config_rejects_half_a_clip_and_unknown_aggregation():
-    with pytest.raises(ValueError, match="together"):
+    with pytest.raises(UsageError, match="together"):
         LossConfig(clip_low=0.2)
-    with pytest.raises(ValueError, match="aggregation"):
+    with pytest.raises(UsageError, match="aggregation"):
         LossConfig(aggregation="mean")
 
 

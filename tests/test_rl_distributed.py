@@ -1,13 +1,13 @@
 """stage=rl on 2 CPU processes (FSDP2) with one real vLLM engine per rank ("external_launcher" executor)."""
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import USER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,7 @@ def test_two_rank_rl_run_rolls_out_different_prompts_per_rank(tmp_path):
            "data.heldout_generate.n_per_type=8", "stage.mix={qa: 1.0, grounding: 1.0}",
            f"paths.runs_dir={tmp_path}/runs", f"paths.data_dir={tmp_path}/data", "trainer.enable_progress_bar=false",
            "hydra.verbose=mimovl.rl.callback"]  # its per-rank debug line: which prompts each rank trained on
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
+    done = subprocess.run(cmd, cwd=tmp_path, env=USER_ENV, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stderr[-4000:]
 
     summary = json.loads((tmp_path / "runs/mimovl/rl/summary.json").read_text())

@@ -2,7 +2,6 @@
 (conf/hydra/launcher/) and the recipe's launch scripts."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import hydra
 import optuna
 import pytest
+from conftest import USER_ENV
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -190,8 +190,7 @@ def test_rl_sweep_jobs_get_their_own_outputs_and_wandb_runs(tmp_path):
            "rl.prompts_per_step=2", "rl.heldout_per_kind=2", "rl.max_new_tokens=8", "trainer.accelerator=cpu",
            "trainer.enable_progress_bar=false", f"paths.runs_dir={runs}", f"paths.data_dir={tmp_path}/data",
            "data.generate.n_per_type=16", "data.heldout_generate.n_per_type=8"]
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    subprocess.run(cmd, check=True, cwd=tmp_path, timeout=900, env=env)
+    subprocess.run(cmd, check=True, cwd=tmp_path, timeout=900, env=USER_ENV)
 
     [sweep] = (runs / "multirun").iterdir()
     jobs = {p.parent.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/rl/summary.json")}

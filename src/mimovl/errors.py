@@ -6,3 +6,9 @@
 
 class UsageError(Exception):
     """A wrong or missing setting: the message says which key and what to do about it."""
+
+
+def require(ok: bool, key: str, value, rule: str) -> None:
+    """Raises `UsageError("key=value: rule")` unless `ok`: a setting checked where it is read."""
+    if not ok:
+        raise UsageError(f"{key}={value}: {rule}")

@@ -56,6 +56,38 @@ def run_all(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     return summary
 
 
+def prepare_previous(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Runs the stages leading to this one (following `stage.previous`) whose export is missing, earliest first,
+    so that `stage.init_from: previous` finds a trained start. Each is composed like `stage=<name>` with the
+    command's overrides, less those of `stage.*` (they are this stage's).
+
+    The tiny recipe turns this on for `stage=rl` (`stage.prepare`): the quickstart then learns from an SFT-like
+    policy instead of a random one. It is off at the paper's scale, where a missing stage 4 is a mistake to
+    report, not hours of pre-training to start.
+    """
+    if not cfg.stage.previous or (Path(cfg.paths.run_root) / cfg.stage.previous / "hf" / "config.json").exists():
+        return
+    if overrides is None:
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    overrides = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("stage")]
+    chain, name = [], cfg.stage.previous
+    while name:
+        stage_cfg = compose(config_name="config", overrides=[*overrides, f"stage={name}"])
+        if (Path(stage_cfg.paths.output_dir) / "hf" / "config.json").exists():
+            break
+        chain.insert(0, stage_cfg)
+        name = stage_cfg.stage.previous if stage_cfg.stage.init_from == "previous" else None
+    if not chain:
+        return
+    names = " -> ".join(c.stage.name for c in chain)
+    print(f"[mimovl] {cfg.stage.name}: no {cfg.stage.previous} export under {cfg.paths.run_root}: preparing it "
+          f"first with {names} (stage.prepare=false starts from model={cfg.model._target_.rsplit('.', 1)[-1]} "
+          "instead); the next run reuses it")
+    for stage_cfg in chain:
+        print(f"[mimovl] {cfg.stage.name}: preparing {stage_cfg.stage.name}")
+        hydra.utils.get_method(stage_cfg.stage.get("runner") or DEFAULT_RUNNER)(stage_cfg)
+
+
 def programme_summary(done: dict[str, dict]) -> dict:
     """Per-task scores: held-out reward before and after RL (stage rl) and the eval stage's scores."""
     rl, evaluation = done.get("rl", {}), done.get("eval", {})

@@ -5,7 +5,6 @@ trainer; fits (resuming from last.ckpt when there is one); writes the HF export 
 contracts of the output directory are in the README ("Outputs").
 """
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -14,14 +13,17 @@ import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from mimovl.errors import UsageError
+from mimovl.errors import UsageError, require
 from mimovl.model.build import load_hf
+from mimovl.programme import prepare_previous
+from mimovl.outputs import AtomicCheckpointIO, resume_point, run_lock, write_json
+from mimovl.stages.finite import TrainingDiverged, all_finite
 from mimovl.stages.sharding import full_state_dict
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,14 @@ def check_chat_template(processor, where: str) -> None:
 def stage_steps(stage: DictConfig, world_size: int) -> int:
     """Optimizer steps: stage.steps when the stage sets it, else from the token budget; capped by
     stage.max_steps."""
+    for key in ("steps", "max_steps", "tokens"):
+        value = stage.get(key)
+        require(value is None or value > 0, f"stage.{key}", value, "must be above 0 (or null)")
+    for key in ("seq_len", "batch_size", "accumulate"):
+        require(isinstance(stage.get(key), int) and stage.get(key) >= 1, f"stage.{key}", stage.get(key),
+                "must be a whole number, at least 1")
+    require(bool(stage.get("steps") or stage.get("tokens")), "stage.tokens", stage.get("tokens"),
+            "a stage needs stage.steps or a token budget, stage.tokens")
     if stage.get("steps"):
         return min(stage.steps, stage.max_steps) if stage.max_steps else stage.steps
     tokens_per_step = stage.seq_len * stage.batch_size * stage.accumulate * world_size
@@ -113,12 +123,14 @@ def build_trainer(cfg: DictConfig, module: pl.LightningModule) -> pl.Trainer:
                  for c in [*cfg.callbacks.values(), *stage_callbacks.values()] if c is not None]
     if not loggers:  # Lightning refuses a learning-rate monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # nor a progress bar with the bar switched off
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     overrides = {}
     if not module.automatic_optimization:  # Lightning cannot clip for it: the module clips each of its steps
         module.gradient_clip_val = cfg.trainer.gradient_clip_val
         overrides["gradient_clip_val"] = None
     trainer = hydra.utils.instantiate(cfg.trainer, strategy=strategy, logger=loggers or False, callbacks=callbacks,
-                                      **overrides)
+                                      plugins=[AtomicCheckpointIO()], **overrides)
     steps = stage_steps(cfg.stage, trainer.world_size)
     trainer.fit_loop.epoch_loop.max_steps = steps * getattr(module, "updates_per_batch", 1)
     return trainer
@@ -172,25 +184,35 @@ def report_loggers(wandb_run: dict | None, log_dirs: list[str]) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """Trains one stage; returns the summary (also written to <output_dir>/summary.json)."""
+    if cfg.stage.get("prepare"):
+        prepare_previous(cfg)
     init = resolve_init(cfg)  # before isolating a sweep job: a sweep still starts from the previous stage
     isolate_sweep_job(cfg)
     output_dir = Path(cfg.paths.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(output_dir):  # a second run into this directory stops here, naming the run that holds it
+        return _train(cfg, init, output_dir)
+
+
+def _train(cfg: DictConfig, init: str | None, output_dir: Path) -> dict:
+    """`run` inside the output directory's lock."""
     pl.seed_everything(cfg.seed, workers=True)
+    resume = resume_point(output_dir / "checkpoints" / "last.ckpt") if cfg.resume else None
     if rank_zero_only.rank == 0:
-        print(f"[mimovl] {cfg.stage.name}: starting from {describe_start(cfg, init)}; outputs in {output_dir}")
+        start = (f"resuming from {resume.path} (step {resume.step})" if resume
+                 else f"starting from {describe_start(cfg, init)}")
+        print(f"[mimovl] {cfg.stage.name}: {start}; outputs in {output_dir}")
     model, processor = build_model(cfg, init)
     data = hydra.utils.instantiate(cfg.stage.datamodule, processor=processor, _convert_="all")
     module = hydra.utils.instantiate(cfg.stage.module, model=model, _convert_="all")
     trainer = build_trainer(cfg, module)
-    last = output_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.resume and last.exists() else None
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume.path) if resume else None)
 
     # Both are collectives under FSDP2: every rank calls them.
     state = full_state_dict(module.model)
+    if not all_finite(state.values()):
+        raise TrainingDiverged(f"{cfg.stage.name}: the trained weights are not finite; nothing is exported. Lower "
+                               "the learning rate (stage.module.lr.*)")
     log_dirs = [logger.log_dir for logger in trainer.loggers if not isinstance(logger, WandbLogger)]
     wandb_run = close_loggers(trainer.loggers)
     summary = {
@@ -198,13 +220,14 @@ def run(cfg: DictConfig) -> dict:
         "init_from": init or cfg.model._target_,
         "steps": trainer.global_step,
         **module.summary(),
+        **{k: v for c in trainer.callbacks if hasattr(c, "summary") for k, v in c.summary().items()},
         "output_dir": str(output_dir),
         "hf_dir": str(output_dir / "hf"),
         "wandb": wandb_run,
     }
     if trainer.is_global_zero:
         module.export(output_dir / "hf", processor, state)
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(output_dir / "summary.json", summary)
         print(f"[mimovl] {cfg.stage.name}: {summary['steps']} steps, {module.headline()}; outputs in {output_dir} "
               f"(HF export: {output_dir / 'hf'})")
         report_loggers(wandb_run, log_dirs)

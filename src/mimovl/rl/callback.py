@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from mimovl.errors import UsageError, require
 from mimovl.eval.score import generate_and_score, sums_by_kind
 from mimovl.model.export import export_hf
 from mimovl.rewards import TASKS
@@ -55,6 +56,26 @@ class RLConfig:
     pack_len: int = 1024
     loss: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        at_least = {"group_size": 2, "prompts_per_step": 1, "max_new_tokens": 1, "max_rounds": 1,
+                    "heldout_max_new_tokens": 1, "pack_len": 1, "heldout_per_kind": 0, "easy_pool_size": 0,
+                    "table_every": 0, "table_rows": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            why = "GRPO compares at least 2 responses per prompt" if name == "group_size" else f"at least {low}"
+            require(isinstance(value, int) and value >= low, f"rl.{name}", value, f"must be an integer, {why}")
+        require(self.temperature > 0, "rl.temperature", self.temperature, "must be above 0")
+        require(0 < self.top_p <= 1, "rl.top_p", self.top_p, "must be in (0, 1]")
+        for name in ("easy_pool_probability", "pass_threshold"):
+            require(0 <= getattr(self, name) <= 1, f"rl.{name}", getattr(self, name), "must be in [0, 1]")
+
+    @classmethod
+    def from_config(cls, rl: dict) -> "RLConfig":
+        unknown = sorted(set(rl) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UsageError(f"rl.{unknown[0]}: not an RL setting (conf/rl/grpo.yaml lists them)")
+        return cls(**rl)
+
 
 class RolloutCallback(pl.Callback):
     """Drives rollouts for `GRPOModule`.
@@ -69,7 +90,7 @@ class RolloutCallback(pl.Callback):
     """
 
     def __init__(self, rl: dict, engine, reward: dict, workdir: str, seed: int = 0):
-        self.config = RLConfig(**rl)
+        self.config = RLConfig.from_config(rl)
         self.loss = LossConfig(**self.config.loss)
         self.engine_factory, self.reward_config = engine, reward
         self.workdir, self.seed = Path(workdir), seed
@@ -88,10 +109,33 @@ class RolloutCallback(pl.Callback):
             policy=module.model, export=lambda: self._export_start(trainer, module),
             distributed=trainer.world_size > 1,
         )
+
+    def on_train_start(self, trainer: pl.Trainer, module) -> None:
+        # Here, not in on_fit_start: a checkpoint is fully restored (FSDP2 restores after on_fit_start).
+        if trainer.is_global_zero:
+            self._drop_rows_from(trainer.global_step)
         self._sync(module)
         if module.rewards.get("before") is None:  # a resumed run keeps the score of its real start
             module.rewards["before"] = self.score_heldout(trainer)
             log.info("held-out reward before RL: %s", module.rewards["before"])
+
+    def state_dict(self) -> dict:
+        return {"easy_pool": self.pool.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "easy_pool" in state:
+            self.pool.load_state_dict(state["easy_pool"])
+
+    def _drop_rows_from(self, step: int) -> None:
+        """Removes sample rollouts of steps >= `step` from rollouts.jsonl: a run killed after its last checkpoint
+        wrote rows for steps the resumed run does again."""
+        path = self.workdir / "rollouts.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] < step]
+        if len(kept) != len(lines):
+            path.write_text("".join(kept))
 
     def on_fit_end(self, trainer: pl.Trainer, module) -> None:
         self._sync(module)
@@ -128,7 +172,7 @@ class RolloutCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, module, batch: dict, batch_idx: int) -> None:
         timings = {"sync": self._sync(module), "rounds": 0}
-        kept, stats = self._collect(trainer, batch["prompts"], timings)
+        kept, stats = self._collect(trainer, trainer.datamodule.draw(batch["prompts"]), timings)
         prompts, groups, rewards = (list(x) for x in zip(*kept))
         advantages = group_advantages(torch.tensor(rewards), self.loss.std_eps)
         minibatches = []
@@ -154,7 +198,8 @@ class RolloutCallback(pl.Callback):
         timings.update(generate=0.0, reward=0.0, tokens=0)
 
         def rollout(prompts):
-            sampling.seed = self.seed + 1_000_003 * (trainer.global_step + 1) + 10_007 * timings["rounds"]
+            sampling.seed = (self.seed + 1_000_003 * (trainer.global_step + 1) + 10_007 * timings["rounds"]
+                             + 101 * trainer.global_rank)
             start = time.perf_counter()
             groups = self.engine.generate(prompts, sampling, self.processor)
             timings["generate"] += time.perf_counter() - start
@@ -187,7 +232,11 @@ class RolloutCallback(pl.Callback):
             per_kind[f"dropped/{kind}"] = sum(not useful for _, _, useful in rows) / len(rows)
         log_present(module, per_kind)
         all_rewards = [r for rows in stats.values() for reward, _, _ in rows for r in reward]
+        lengths = [len(c.token_ids) for rows in stats.values() for _, group, _ in rows for c in group]
         module.log("reward/mean", sum(all_rewards) / max(len(all_rewards), 1), prog_bar=True, batch_size=1)
+        module.log("pass_rate/mean", sum(r >= self.config.pass_threshold for r in all_rewards)
+                   / max(len(all_rewards), 1), prog_bar=True, batch_size=1)
+        module.log("length/mean", sum(lengths) / max(len(lengths), 1), prog_bar=True, batch_size=1)
         for name in ("sync", "generate", "reward"):
             module.log(f"time/{name}", timings[name], batch_size=1)
         module.log("rollout/tokens_per_sec", timings["tokens"] / max(timings["generate"], 1e-9), batch_size=1)

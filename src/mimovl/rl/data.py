@@ -1,8 +1,8 @@
 """The prompt DataModule of the RL stage: batches of `Prompt`s from shard sources, and held-out prompts.
 
-Training batches are dicts {"prompts": [Prompt, ...]}; the rollout callback turns each into a training batch
-before the step runs. `draw(k)` hands the callback more prompts from the same stream, to refill a batch whose
-groups dynamic sampling dropped. The stream is read in this process (no DataLoader workers): forking a worker
+Training batches are dicts {"prompts": k}; the rollout callback draws the k prompts (`draw(k)`) when the step
+starts and turns them into a training batch; it draws more from the same stream to refill a batch whose groups
+dynamic sampling dropped. The stream is read in this process (no DataLoader workers): forking a worker
 after the in-process vLLM engine has started hangs the worker.
 """
 
@@ -21,14 +21,20 @@ log = logging.getLogger(__name__)
 
 
 class PromptBatches:
-    """Iterates {"prompts": [...]} batches of `size` prompts from a prompt iterator (infinite)."""
+    """Iterates {"prompts": k} batches (infinite): each asks the rollout callback to draw k prompts when its
+    step starts.
 
-    def __init__(self, module: "PromptDataModule", size: int):
-        self.module, self.size = module, size
+    The prompts are drawn then, not here, because Lightning fetches the next batch before the current step runs:
+    prompts drawn at fetch time would come before the current step's refills in the stream, and a checkpoint
+    would count prompts that no step has trained on yet, so a resumed run would not see the same prompts.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
 
     def __iter__(self):
         while True:
-            yield {"prompts": self.module.draw(self.size)}
+            yield {"prompts": self.size}
 
 
 class PromptDataModule(pl.LightningDataModule):
@@ -72,7 +78,7 @@ class PromptDataModule(pl.LightningDataModule):
             ensure_synthetic(self.root, split="heldout", **self.heldout_generate)
 
     def train_dataloader(self) -> PromptBatches:
-        return PromptBatches(self, self.prompts_per_step)
+        return PromptBatches(self.prompts_per_step)
 
     def _stream(self) -> Iterator[Prompt]:
         samples = mixed_stream(self.sources, seed=self.seed, shuffle_buffer=self.shuffle_buffer,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mimovl.errors import UsageError, require
+
 AGGREGATIONS = ("token", "sequence")
 
 
@@ -41,12 +43,15 @@ class LossConfig:
     std_eps: float = 1e-6
 
     def __post_init__(self):
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"rl.loss.aggregation={self.aggregation!r}: one of {AGGREGATIONS}")
+        require(self.aggregation in AGGREGATIONS, "rl.loss.aggregation", self.aggregation, f"one of {AGGREGATIONS}")
         if (self.clip_low is None) != (self.clip_high is None):
-            raise ValueError("rl.loss.clip_low and rl.loss.clip_high are set together (or both null)")
-        if self.epochs < 1 or self.minibatches < 1:
-            raise ValueError("rl.loss.epochs and rl.loss.minibatches are at least 1")
+            raise UsageError("rl.loss.clip_low and rl.loss.clip_high are set together (or both null)")
+        for name in ("clip_low", "clip_high"):
+            value = getattr(self, name)
+            require(value is None or 0 <= value, f"rl.loss.{name}", value, "must be 0 or more (or null)")
+        require(self.kl_coef >= 0, "rl.loss.kl_coef", self.kl_coef, "must be 0 or more")
+        require(self.epochs >= 1, "rl.loss.epochs", self.epochs, "must be at least 1")
+        require(self.minibatches >= 1, "rl.loss.minibatches", self.minibatches, "must be at least 1")
 
 
 def group_advantages(rewards: torch.Tensor, std_eps: float = 1e-6) -> torch.Tensor:

@@ -5,9 +5,14 @@ A sample with `meta["task"]` (a key of `mimovl.rewards.REWARDS`) is scored by th
 by whether the prompt shows an image or video).
 """
 
+import io
 from dataclasses import dataclass, field
 
+from PIL import Image
+
 from mimovl.data.schema import DOCUMENT_TYPES
+
+PNG = "__png__"  # the key of an image stored as PNG bytes in `Prompt.to_state`
 
 
 @dataclass(eq=False)
@@ -28,6 +33,39 @@ class Prompt:
     def kind(self) -> str:
         """The name its metrics are logged under: the task, or `open_<modality>`."""
         return self.task or f"open_{self.modality}"
+
+    def to_state(self) -> dict:
+        """The prompt as plain values (images as PNG bytes, lossless) for a checkpoint."""
+        return {"key": self.key, "task": self.task, "answer": self.answer, "sample": _plain(self.sample)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Prompt":
+        return cls(state["key"], state["task"], state["answer"], _unplain(state["sample"]))
+
+
+def _plain(value):
+    """`value` with every PIL image replaced by {"png": bytes} (pickling a PIL image stores raw pixels)."""
+    if isinstance(value, Image.Image):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return {PNG: buffer.getvalue()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _unplain(value):
+    if isinstance(value, dict):
+        if set(value) == {PNG}:
+            image = Image.open(io.BytesIO(value[PNG]))
+            image.load()
+            return image
+        return {k: _unplain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unplain(v) for v in value)
+    return value
 
 
 def to_prompt(sample: dict) -> Prompt | None:

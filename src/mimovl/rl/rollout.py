@@ -78,6 +78,19 @@ def hf_names(named_tensors: Iterable[tuple[str, torch.Tensor]]):
 _ENGINES: dict[str, object] = {}
 
 
+def in_process_engine() -> None:
+    """Keeps vLLM's engine core in this process: `sync` loads weights through the in-process model runner.
+
+    vLLM V1 otherwise runs the engine core in a child process (its default), where the training process cannot
+    reach the model. vLLM reads the variable when an engine starts, so setting it here, before `LLM(...)`,
+    is enough; a caller's contrary setting is overridden, with a warning.
+    """
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
+        log.warning("VLLM_ENABLE_V1_MULTIPROCESSING=%s ignored: the rollout engine runs in the training process "
+                    "so its weights can be synced in place", os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"])
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+
 # Keys that say where or with what a directory was written, not what it serves.
 VOLATILE_KEYS = frozenset({"_name_or_path", "name_or_path", "transformers_version", "dtype", "torch_dtype"})
 
@@ -114,22 +127,24 @@ class VLLMRollout:
         max_model_len: prompt + response tokens the engine admits.
         limit_mm_per_prompt: images and videos one prompt may carry, e.g. {"image": 2, "video": 1}.
         gpu_memory_utilization: the engine's share of GPU memory (colocated with training: keep it small).
-            On CPU the KV cache size comes from VLLM_CPU_KVCACHE_SPACE (GiB) instead.
         enforce_eager: no CUDA graphs (faster start; needed on CPU).
         seed: the engine's base seed (plus the rank, when distributed).
         mm_processor_kwargs: settings for vLLM's multimodal processor, e.g. {"max_pixels": 3211264}.
         distributed: one engine per training rank ("external_launcher"), for multi-process runs.
+        cpu_kv_cache_gib: the KV cache of an engine on CPU, in GiB (unset, vLLM sizes it from the machine's free
+            memory, and a second engine beside it is killed for memory); GPUs use gpu_memory_utilization.
     """
 
     def __init__(self, spec_dir, dtype: str = "float32", max_model_len: int = 2048,
                  limit_mm_per_prompt: dict | None = None, gpu_memory_utilization: float = 0.3,
                  enforce_eager: bool = True, seed: int = 0, mm_processor_kwargs: dict | None = None,
-                 distributed: bool = False):
+                 distributed: bool = False, cpu_kv_cache_gib: float | None = 1.0):
         spec_dir = Path(spec_dir)
         settings = {
             "dtype": dtype, "max_model_len": max_model_len, "limit_mm_per_prompt": dict(limit_mm_per_prompt or {}),
             "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager, "seed": seed,
             "distributed": distributed, "mm_processor_kwargs": dict(mm_processor_kwargs or {}),
+            "cpu_kv_cache_gib": cpu_kv_cache_gib,
         }
         key = _engine_key(spec_dir, settings)
         if key not in _ENGINES:
@@ -143,6 +158,7 @@ class VLLMRollout:
 
     @staticmethod
     def _start(spec_dir: Path, settings: dict):
+        in_process_engine()
         from vllm import LLM
 
         # The engine reads its model directory again after it starts (tokenizer, processor): serve from a private
@@ -167,12 +183,16 @@ class VLLMRollout:
             os.environ.setdefault("RANK", str(rank))
             # Its own sampling seed per rank, or all ranks would draw the same random numbers.
             seed += rank
+        if not torch.cuda.is_available() and settings["cpu_kv_cache_gib"]:
+            # The CPU engine sizes its KV cache from this (unset, vLLM takes most of the machine's free RAM).
+            extra["kv_cache_memory_bytes"] = int(settings["cpu_kv_cache_gib"] * 2**30)
         log.info("starting the vLLM engine on %s (%s)", spec_dir, settings)
         return LLM(
             model=str(private), dtype=settings["dtype"],
             max_model_len=settings["max_model_len"], limit_mm_per_prompt=settings["limit_mm_per_prompt"],
             gpu_memory_utilization=settings["gpu_memory_utilization"], enforce_eager=settings["enforce_eager"],
-            seed=seed, tensor_parallel_size=1, mm_processor_kwargs=settings["mm_processor_kwargs"] or None, **extra,
+            seed=seed, tensor_parallel_size=1, mm_processor_kwargs=settings["mm_processor_kwargs"] or None,
+            use_tqdm_on_load=False, **extra,
         )
 
     def sync(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -190,10 +210,16 @@ class VLLMRollout:
 
         requests = [_vllm_request(p, processor) for p in prompts]
         # No per-request seed: vLLM's CPU runner fails on seeded requests split by chunked prefill ("CPU
-        # Generator does not use offset"). Sampling draws from the engine's generator, seeded once at start.
+        # Generator does not use offset"). The in-process engine samples from torch's default generator, so a
+        # call with a seed reseeds that one, in a forked RNG state: the same call draws the same responses,
+        # also in a resumed run, and training's random state is left as it was.
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_new_tokens)
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices, enabled=sampling.seed is not None):
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
         return [
             [Completion(list(c.token_ids), c.text, c.finish_reason == "stop") for c in output.outputs]
             for output in outputs

@@ -46,6 +46,16 @@ class EasyPool:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def state_dict(self) -> dict:
+        """The pool's prompts (images as PNG bytes) and its random state, for checkpoints."""
+        return {"prompts": [prompt.to_state() for prompt in self.prompts], "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        from mimovl.rl.prompts import Prompt
+
+        self.prompts = [Prompt.from_state(p) for p in state["prompts"]]
+        self.rng.setstate(state["rng"])
+
 
 @dataclass
 class Collected:

@@ -17,6 +17,7 @@ from mimovl.data.encode import IGNORE
 from mimovl.model.export import export_hf
 from mimovl.model.parts import check_lr, param_groups, set_trainable
 from mimovl.rl.grpo import LossConfig, policy_loss
+from mimovl.stages.finite import finite_or_none
 from mimovl.stages.packed import PackedVLM, token_losses
 from mimovl.stages.sharding import shard_model
 
@@ -114,8 +115,8 @@ class GRPOModule(pl.LightningModule):
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()))
-        self.loss_history.append(sum(losses) / len(losses))
-        self.log("train/loss", self.loss_history[-1], prog_bar=True, batch_size=1)
+        self.loss_history.append(finite_or_none(sum(losses) / len(losses)))  # None: a step NonFiniteGuard skipped
+        self.log("train/loss", sum(losses) / len(losses), prog_bar=True, batch_size=1)
         for name, value in stats.items():
             self.log(f"train/{name}", value, batch_size=1)
         tokens = sum(int((mb["targets"] != IGNORE).sum()) for mb in minibatches)
@@ -125,9 +126,10 @@ class GRPOModule(pl.LightningModule):
     def summary(self) -> dict:
         """summary.json figures: losses and the held-out reward per task before and after RL."""
         before, after = self.rewards["before"] or {}, self.rewards["after"] or {}
+        finite = [loss for loss in self.loss_history if loss is not None]
         return {
-            "first_loss": self.loss_history[0] if self.loss_history else None,
-            "last_loss": self.loss_history[-1] if self.loss_history else None,
+            "first_loss": finite[0] if finite else None,
+            "last_loss": finite[-1] if finite else None,
             "loss_history": self.loss_history,
             "reward_before": before,
             "reward_after": after,

@@ -11,9 +11,11 @@ import lightning.pytorch as pl
 import torch
 
 from mimovl.data.encode import IGNORE
+from mimovl.data.packing import add_counts, dropped_counts, flat_counts
 from mimovl.data.schema import SAMPLE_TYPES
 from mimovl.model.export import export_hf
 from mimovl.model.parts import check_lr, param_groups, set_trainable
+from mimovl.stages.finite import finite_or_none
 from mimovl.stages.optim import global_sum, warmup_cosine
 from mimovl.stages.packed import PackedVLM, token_losses
 from mimovl.stages.sharding import shard_model
@@ -49,10 +51,11 @@ class PretrainModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.net = PackedVLM(model.train())  # train(): from_pretrained returns eval mode
         # Global mean loss per optimizer step and global data counters (positions trained on, real tokens among
-        # them, corrupt and too-long samples skipped); kept in checkpoints so a resumed run reports the whole run.
+        # them, corrupt and too-long samples skipped, skips by reason, shard read errors); kept in checkpoints so
+        # a resumed run reports the whole run.
         self.loss_history: list[float] = []
         self._window_loss_sum, self._micro_batches = 0.0, 0  # the accumulation window in progress
-        self.data_counts = {"skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0}
+        self.data_counts = {"skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0, **dropped_counts()}
         set_trainable(model, list(trainable))
         if activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -79,31 +82,33 @@ class PretrainModule(pl.LightningModule):
         losses = token_losses(self.net(batch, learned), batch["targets"][learned])
         # One all-reduce for everything the step reports: loss sum, learned tokens, and the data counters.
         segments = batch["segment_ids"]
-        local = torch.stack([
+        local = torch.cat([torch.stack([
             losses.sum().detach().double(), learned.sum().double(), batch["window_tokens"].double(),
             batch["skipped"].double(),
             batch["too_long"].double(), torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device),
             (segments > 0).sum().double(),
-        ])
-        loss_sum, count, window, *counts = global_sum(local).tolist()
+        ]), batch["dropped"].double()])  # a fixed length (stream.DROPPED), so every rank reduces the same shape
+        loss_sum, count, window, skipped, too_long, tokens, real_tokens, *dropped = global_sum(local).tolist()
+        counts = {"skipped": skipped, "too_long": too_long, "tokens": tokens, "real_tokens": real_tokens,
+                  **dropped_counts(dropped)}
         # Lightning averages gradients over ranks and divides each micro-batch loss by the accumulation steps;
         # scaling by both leaves the gradient of (sum of token losses) / (learned tokens of the whole step).
         loss = losses.sum() / max(window, 1.0) * self.trainer.world_size * self.trainer.accumulate_grad_batches
-        self._record(loss_sum, count, window, dict(zip(self.data_counts, counts)))
+        self._record(loss_sum, count, window, counts)
         self._log_per_type(batch["type_ids"][learned], losses.detach())
         return loss
 
-    def _record(self, loss_sum: float, count: float, window: float, counts: dict[str, float]) -> None:
+    def _record(self, loss_sum: float, count: float, window: float, counts: dict) -> None:
         """Logs the micro-batch's global loss and counters; keeps each optimizer step's loss in loss_history."""
         self.log("train/loss", loss_sum / max(count, 1.0), prog_bar=True, batch_size=1)
         self._window_loss_sum += loss_sum
         self._micro_batches += 1
         if self._micro_batches == self.trainer.accumulate_grad_batches:
-            self.loss_history.append(self._window_loss_sum / max(window, 1.0))
+            self.loss_history.append(finite_or_none(self._window_loss_sum / max(window, 1.0)))  # None: skipped
             self._window_loss_sum, self._micro_batches = 0.0, 0
-        for name, value in counts.items():
-            self.data_counts[name] += int(value)
-            self.log(f"data/{name}", float(self.data_counts[name]), batch_size=1)
+        self.data_counts = add_counts(self.data_counts, counts)
+        for name, value in flat_counts(self.data_counts).items():
+            self.log(f"data/{name}", value, batch_size=1)
         self.log("train/packing_efficiency", counts["real_tokens"] / max(counts["tokens"], 1.0), batch_size=1)
 
     def _log_per_type(self, type_ids: torch.Tensor, losses: torch.Tensor) -> None:
@@ -114,9 +119,10 @@ class PretrainModule(pl.LightningModule):
     def summary(self) -> dict:
         """This stage's figures for summary.json: losses per optimizer step and the data counters."""
         history = self.loss_history
+        finite = [loss for loss in history if loss is not None]
         return {
-            "first_loss": history[0] if history else None,
-            "last_loss": history[-1] if history else None,
+            "first_loss": finite[0] if finite else None,
+            "last_loss": finite[-1] if finite else None,
             "loss_history": history,
             **self.data_counts,
         }

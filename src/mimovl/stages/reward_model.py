@@ -13,9 +13,11 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from mimovl.data.packing import add_counts, dropped_counts, flat_counts
 from mimovl.model.parts import check_lr, param_groups, set_trainable
 from mimovl.model.reward import RewardModel
 from mimovl.stages.optim import global_sum, warmup_cosine
+from mimovl.stages.finite import finite_or_none
 from mimovl.stages.sharding import shard_model
 
 
@@ -59,7 +61,8 @@ class RewardModule(pl.LightningModule):
         self.loss_history: list[float] = []
         self.accuracy_history: list[float] = []
         self._window = [0.0, 0.0, 0]  # loss sum, correct pairs, micro-batches of the window in progress
-        self.data_counts = {"pairs": 0, "skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0}
+        self.data_counts = {"pairs": 0, "skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0,
+                            **dropped_counts()}
         set_trainable(model, list(trainable))
         if activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -86,43 +89,45 @@ class RewardModule(pl.LightningModule):
         chosen, rejected = rewards[:, 0], rewards[:, 1]
         losses = pair_losses(chosen, rejected)
         segments = batch["segment_ids"]
-        local = torch.stack([
+        local = torch.cat([torch.stack([
             losses.sum().detach().double(), (chosen > rejected).sum().double(),
             (chosen - rejected).sum().detach().double(), batch["window_pairs"].double(), batch["pairs"].double(),
             batch["skipped"].double(), batch["too_long"].double(),
             torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device), (segments > 0).sum().double(),
-        ])
-        loss_sum, correct, margin_sum, window, *counts = global_sum(local).tolist()
+        ]), batch["dropped"].double()])  # a fixed length (stream.DROPPED), so every rank reduces the same shape
+        loss_sum, correct, margin_sum, window, pairs, skipped, too_long, tokens, real_tokens, *dropped = (
+            global_sum(local).tolist())
+        counts = {"pairs": pairs, "skipped": skipped, "too_long": too_long, "tokens": tokens,
+                  "real_tokens": real_tokens, **dropped_counts(dropped)}
         objective = losses.sum() + self.hparams.center_coef * (chosen + rejected).pow(2).sum()
         # Lightning averages gradients over ranks and divides by the accumulation steps; scaling by both leaves
         # the gradient of (sum over the step's pairs) / (pairs of the whole step).
         objective = objective / max(window, 1.0) * self.trainer.world_size * self.trainer.accumulate_grad_batches
-        pairs = counts[0]
         self.log("train/loss", loss_sum / max(pairs, 1.0), prog_bar=True, batch_size=1)
         self.log("train/accuracy", correct / max(pairs, 1.0), prog_bar=True, batch_size=1)
         self.log("train/margin", margin_sum / max(pairs, 1.0), batch_size=1)
         self.log("train/reward_mean", rewards.detach().mean(), batch_size=1)
-        self._record(loss_sum, correct, window, dict(zip(self.data_counts, counts)))
+        self._record(loss_sum, correct, window, counts)
         return objective
 
-    def _record(self, loss_sum: float, correct: float, window: float, counts: dict[str, float]) -> None:
+    def _record(self, loss_sum: float, correct: float, window: float, counts: dict) -> None:
         """Adds the micro-batch to its window; at the window's end appends the step's loss and accuracy."""
         self._window = [self._window[0] + loss_sum, self._window[1] + correct, self._window[2] + 1]
         if self._window[2] == self.trainer.accumulate_grad_batches:
-            self.loss_history.append(self._window[0] / max(window, 1.0))
+            self.loss_history.append(finite_or_none(self._window[0] / max(window, 1.0)))  # None: skipped
             self.accuracy_history.append(self._window[1] / max(window, 1.0))
             self._window = [0.0, 0.0, 0]
-        for name, value in counts.items():
-            self.data_counts[name] += int(value)
-            self.log(f"data/{name}", float(self.data_counts[name]), batch_size=1)
+        self.data_counts = add_counts(self.data_counts, counts)
+        for name, value in flat_counts(self.data_counts).items():
+            self.log(f"data/{name}", value, batch_size=1)
 
     def summary(self) -> dict:
         """This stage's figures for summary.json: Bradley-Terry loss and pair accuracy per optimizer step."""
         losses, accuracy = self.loss_history, self.accuracy_history
         return {
             "modality": self.net.modality,
-            "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None,
+            "first_loss": next((v for v in losses if v is not None), None),
+            "last_loss": next((v for v in reversed(losses) if v is not None), None),
             "loss_history": losses,
             "first_accuracy": accuracy[0] if accuracy else None,
             "last_accuracy": accuracy[-1] if accuracy else None,

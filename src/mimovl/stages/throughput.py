@@ -1,6 +1,11 @@
 """Tokens per second, through Lightning's ThroughputMonitor."""
 
+import warnings
+
 from lightning.pytorch.callbacks import ThroughputMonitor
+
+# FLOPs are not counted (no MFU from this monitor), so its notice that they are not is not news.
+warnings.filterwarnings("ignore", message="When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
 
 
 def _packed(batch: dict) -> list[dict]:
