@@ -159,11 +159,14 @@ def test_service_answers_like_the_scorer(exported, tmp_path, dtype, tolerance):
         assert line, (tmp_path / "service.log").read_text()
         url = re.search(r"http://\S+", line).group(0)
         client = HTTPRewardScorer(url, timeout=60)
-        assert client.health() == {"status": "ok", "model": str(directory), "modality": "vision"}
+        assert client.health() == {"status": "ok", "model": str(directory), "modality": "vision",
+                                   "max_body_bytes": 16 * 2**20, "max_response_chars": 8192}
         remote = client.score(prompts, responses)
         local = RewardModelScorer(directory).score(prompts, responses)
         assert remote == pytest.approx(local, abs=tolerance)
         with pytest.raises(RewardServiceError, match="HTTP 400"):  # a bad request is refused, not retried
+            HTTPRewardScorer(url).score([{"messages": []}], ["no prompt"])
+        with pytest.raises(RewardServiceError, match="6 samples but 5 responses"):  # caught before sending
             HTTPRewardScorer(url).score(prompts, responses[:-1])
     finally:
         proc.terminate()

@@ -13,6 +13,8 @@ import re
 
 # Only the end of the answer is read: the final answer comes last, and this caps the cost of adversarial text.
 MAX_ANSWER_CHARS = 2000
+# What a reward model scores of a response: its last this many characters (about 2K tokens; response_tail).
+MAX_RESPONSE_CHARS = 8192
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)"
 _BOX = re.compile(rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]")
@@ -33,6 +35,12 @@ _MAX_COUNT_DIGITS = 18
 _LETTER_ONLY = re.compile(r"\s*\(?\s*([A-Za-z])\s*\)?\s*[.:)]?\s*")
 _OPTION = re.compile(r"\(([A-Za-z])\)|(?<![A-Za-z0-9'’])([A-Z])(?![A-Za-z0-9'’])")
 _ENGLISH_WORD = re.compile(r"\s+[a-z]")  # after "I" or "A": "I think", "A good guess" are words, not options
+
+
+def response_tail(response: str, max_chars: int | None) -> str:
+    """The last `max_chars` characters of `response` (all of it when None): what a reward model scores of a long
+    response, so that its cost is bounded. The end is kept because the final answer comes last."""
+    return response if max_chars is None or len(response) <= max_chars else response[-max_chars:]
 
 
 def final_answer(response: str) -> str | None:

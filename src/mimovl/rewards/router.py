@@ -9,10 +9,12 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from mimovl.errors import UsageError
 from mimovl.rewards import SIZED_TASKS, image_size, safe_reward
 
 log = logging.getLogger(__name__)
 MODALITIES = ("text", "vision")
+HEALTH_TIMEOUT_S = 5.0  # a reward service that has not answered /health by then is not there
 
 
 def build_scorer(path: str | None = None, url: str | None = None, timeout: float = 60.0, retries: int = 3):
@@ -41,13 +43,17 @@ class RewardRouter:
         self.models = {k: v for k, v in (models or {}).items() if v is not None}
 
     @classmethod
-    def from_config(cls, models: dict, timeout: float = 60.0, retries: int = 3) -> "RewardRouter":
-        """From `reward.models` ({modality: {path, url}}), logging which reward models it found."""
+    def from_config(cls, models: dict, timeout: float = 60.0, retries: int = 3,
+                    health_timeout: float = HEALTH_TIMEOUT_S) -> "RewardRouter":
+        """From `reward.models` ({modality: {path, url}}), logging which reward models it found. A reward service
+        (`url`) must answer /health within `health_timeout` seconds, else UsageError naming the key."""
         scorers = {}
         for modality, where in models.items():
             if modality not in MODALITIES:
                 raise KeyError(f"reward.models.{modality}: the modalities are {MODALITIES}")
             scorers[modality] = build_scorer(where.get("path"), where.get("url"), timeout, retries)
+            if where.get("url"):
+                _check_service(scorers[modality], modality, health_timeout)
             if scorers[modality] is None:
                 log.warning("no %s reward model (reward.models.%s: %s): open-ended %s prompts are skipped; train "
                             "one with stage=%s", modality, modality, dict(where), modality,
@@ -75,3 +81,20 @@ class RewardRouter:
             for (p, i), value in zip(where, scores):
                 rewards[p][i] = min(1.0, max(0.0, float(value)))
         return rewards
+
+
+def _check_service(scorer, modality: str, timeout: float) -> None:
+    """UsageError unless the service at reward.models.<modality>.url answers, with a model that can score
+    `modality` prompts (a text-only reward model cannot score images)."""
+    from mimovl.rewards.service import RewardServiceError
+
+    key = f"reward.models.{modality}.url"
+    try:
+        info = scorer.health(timeout=timeout)
+    except RewardServiceError as exn:
+        raise UsageError(f"{key}={scorer.url}: {exn} Fix {key}, or set it to null to score with "
+                         f"reward.models.{modality}.path in this process.") from exn
+    if modality == "vision" and info.get("modality") == "text":
+        raise UsageError(f"{key}={scorer.url} serves the text-only reward model {info.get('model')}, which cannot "
+                         f"score images: point {key} at a service started with a stage=rm export")
+    log.info("%s: reward service of %s (%s) answers", key, info.get("model"), info.get("modality"))
