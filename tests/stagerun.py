@@ -9,8 +9,9 @@ from mimovl.train import run
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def compose_run(tmp: Path, *overrides: str):
-    """The composed config for a quick CPU run writing under tmp (data under tmp/data unless overridden)."""
+def quick_overrides(tmp: Path, *overrides: str) -> list[str]:
+    """The overrides of a quick CPU run writing under tmp (data under tmp/data unless overridden), then
+    `overrides`: what `compose_run` composes, and the command line of the same run as a subprocess."""
     base = [
         f"paths.runs_dir={tmp / 'runs'}", f"paths.data_dir={tmp / 'data'}", "logger=csv",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -18,8 +19,13 @@ def compose_run(tmp: Path, *overrides: str):
     ]
     if not any(o.startswith("data=") for o in overrides):
         base.append("data.generate.n_per_type=48")
+    return base + list(overrides)
+
+
+def compose_run(tmp: Path, *overrides: str):
+    """The composed config for a quick CPU run writing under tmp (data under tmp/data unless overridden)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=base + list(overrides))
+        return compose(config_name="config", overrides=quick_overrides(tmp, *overrides))
 
 
 def run_stage(tmp: Path, *overrides: str) -> dict:

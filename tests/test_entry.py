@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import USER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +99,68 @@ def test_usage_errors_exit_with_status_2(tmp_path):
     result = run_py("stage=s2", "stage.init_from=/no/such/checkpoint", "logger=none", cwd=tmp_path, timeout=300)
     assert result.returncode == 2
     assert re.search(r"^\[mimovl\] error: stage\.init_from=", result.stderr, re.M)
+
+
+# ---- settings checked where they are read, and UsageErrors from wherever they are raised ----
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, fragments", [
+    (["stage.max_steps=-3"], ["stage.max_steps=-3: must be above 0"]),
+    (["stage.steps=null", "stage.tokens=-5"], ["stage.tokens=-5: must be above 0"]),
+    (["stage.mix={caption: 1.0, nosuch: 1.0}"], ["stage.mix names sources that data.sources does not define",
+                                                 "nosuch"]),  # raised inside Hydra's instantiate
+    (["stage=rl", "rl.group_size=1", "stage.init_from=null"], ["rl.group_size=1", "at least 2 responses"]),
+], ids=["negative-max-steps", "negative-tokens", "unknown-mix-source", "group-of-one"])
+def test_wrong_values_end_in_one_usage_line_with_status_2(args, fragments, tmp_path):
+    result = run_py(*args, SMALL_DATA, *QUICK, cwd=tmp_path, timeout=300)
+    assert_one_message(result, *fragments)
+    assert result.returncode == 2 and result.stderr.count("[mimovl] error:") == 1, result.stderr[-2000:]
+
+
+def test_stage_and_rl_settings_are_checked_where_read():
+    from omegaconf import OmegaConf
+
+    from mimovl.errors import UsageError
+    from mimovl.rl.callback import RLConfig
+    from mimovl.train import stage_steps
+
+    stage = OmegaConf.create({"steps": None, "max_steps": None, "tokens": 1e6, "seq_len": 1024, "batch_size": 2,
+                              "accumulate": 1})
+    assert stage_steps(stage, 1) == 489  # ceil(1e6 / 2048)
+    for key, value, fragment in [("max_steps", 0, "must be above 0"), ("tokens", -5, "must be above 0"),
+                                 ("steps", -1, "must be above 0"), ("batch_size", 0, "at least 1"),
+                                 ("seq_len", 12.5, "whole number")]:
+        with pytest.raises(UsageError, match=f"stage.{key}={value}: .*{fragment}"):
+            stage_steps(OmegaConf.merge(stage, {key: value}), 1)
+    for key, value in [("group_size", 1), ("prompts_per_step", 0), ("max_new_tokens", -1), ("max_rounds", 0),
+                       ("temperature", 0.0), ("easy_pool_probability", 1.5), ("top_p", 0.0)]:
+        with pytest.raises(UsageError, match=f"rl.{key}={value}"):
+            RLConfig(**{key: value})
+    with pytest.raises(UsageError, match="rl.group_sise: not an RL setting"):
+        RLConfig.from_config({"group_sise": 8})
+
+
+class _Refuses(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        from mimovl.errors import UsageError
+
+        raise UsageError("stage.seq_len=16: raise stage.seq_len")
+
+
+def test_a_usage_error_from_a_dataloader_worker_reads_as_its_own_message():
+    from hydra.errors import InstantiationException
+
+    from mimovl.cli import message_of, usage_error
+
+    with pytest.raises(Exception) as caught:
+        next(iter(torch.utils.data.DataLoader(_Refuses(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)  # what torch re-raises in the main process
+    assert message_of(usage_error(caught.value)) == "stage.seq_len=16: raise stage.seq_len"
+    try:  # and one Hydra's instantiate wrapped
+        try:
+            raise caught.value
+        except Exception as error:
+            raise InstantiationException("Error in call to target 'x'") from error
+    except InstantiationException as wrapped:
+        assert message_of(usage_error(wrapped)) == "stage.seq_len=16: raise stage.seq_len"
+    assert usage_error(ValueError("not ours")) is None
