@@ -53,8 +53,9 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Writes `obj` as indented JSON to `path` atomically; returns `path`."""
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Writes `obj` as indented JSON to `path` atomically; returns `path`. Strict JSON: a NaN or infinity raises
+    ValueError instead of writing a file no JSON reader accepts."""
+    return write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from torch.distributed.tensor import DTensor
 from mimovl.data.preference import MODALITIES
 from mimovl.model.build import check_hf_dir, load_hf
 from mimovl.model.export import export_state_dict
+from mimovl.outputs import atomic_directory
 from mimovl.stages.packed import PackedVLM
 
 HEAD_FILE = "reward_head.safetensors"
@@ -66,11 +67,12 @@ class RewardModel(PackedVLM):
         policy = {k.removeprefix("hf."): v for k, v in state_dict.items() if k.startswith("hf.")}
         head = {k.removeprefix("head."): v.detach().cpu().contiguous() for k, v in state_dict.items()
                 if k.startswith("head.")}
-        directory = export_state_dict(policy, self.hf.config, processor, directory,
-                                      generation=getattr(self.hf, "generation_config", None))
-        save_file(head, str(directory / HEAD_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps({"modality": self.modality}, indent=1))
-        return directory
+        with atomic_directory(directory) as tmp:  # the head and its config swap in with the policy, or nothing does
+            export_state_dict(policy, self.hf.config, processor, tmp,
+                              generation=getattr(self.hf, "generation_config", None))
+            save_file(head, str(tmp / HEAD_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps({"modality": self.modality}, indent=1))
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path, dtype: str | torch.dtype = "float32") -> tuple[RewardModel, object]:
