@@ -73,28 +73,40 @@ CASES = [
     ("grounding_box", "[5, 5, 15, 15]", [5, 5, 15, 15], 1.0),
     ("grounding_box", '{"bbox_2d": [5.0, 5.0, 15.0, 15.0]}', [5, 5, 15, 15], 1.0),
     ("grounding_box", "<think>first [0, 0, 1, 1]</think>then [5, 5, 15, 15]", [5, 5, 15, 15], 1.0),
-    # The reward is max(0, GIoU); GIoU = IoU - (enclosing - union) / enclosing.
-    # overlap: IoU 25/175, enclosing 225: GIoU = 1/7 - 50/225 = -5/63 < 0, reward 0
-    ("grounding_box", "[0, 0, 10, 10]", [5, 5, 15, 15], 0.0),
-    # overlap: intersection 8x6 = 48, union 152, enclosing 12x14 = 168: GIoU = 6/19 - 16/168 = 88/399 (IoU 6/19)
-    ("grounding_box", "[0, 0, 10, 10]", [2, 4, 12, 14], 88 / 399),
-    # overlap, enclosing = union 150: GIoU = IoU = 50/150
-    ("grounding_box", "[0, 0, 10, 10]", [5, 0, 15, 10], 1 / 3),
-    # a near miss: intersection 38x38 = 1444, union 1756, enclosing 42x42 = 1764: GIoU = 361/439 - 2/441
-    ("grounding_box", "[12, 12, 52, 52]", [10, 10, 50, 50], 158323 / 193599),
-    # inside: IoU 100/400, enclosing = union: GIoU 1/4
-    ("grounding_box", "[0, 0, 20, 20]", [5, 5, 15, 15], 1 / 4),
-    # containing, the gamed box: GIoU = IoU = 1600 / 200000^2 (no image size: nothing to clip to)
-    ("grounding_box", "[-100000, -100000, 100000, 100000]", [10, 10, 50, 50], 4e-8),
+    # The reward is r = (1 + GIoU) / 2 * min(A_pred, A_gold) / max(A_pred, A_gold), with
+    # GIoU = IoU - (enclosing - union) / enclosing. Equal areas: r = (1 + GIoU) / 2. Containment: GIoU = IoU and
+    # the size ratio = IoU, so r = IoU * (1 + IoU) / 2. Disjoint boxes of one area A: r = A / enclosing.
+    # overlap: IoU 25/175, enclosing 225: GIoU = 1/7 - 50/225 = -5/63, r = (58/63) / 2
+    ("grounding_box", "[0, 0, 10, 10]", [5, 5, 15, 15], 29 / 63),
+    # overlap: intersection 8x6 = 48, union 152, enclosing 12x14 = 168: GIoU = 6/19 - 16/168 = 88/399,
+    # r = (487/399) / 2
+    ("grounding_box", "[0, 0, 10, 10]", [2, 4, 12, 14], 487 / 798),
+    # overlap, enclosing = union 150: GIoU = IoU = 50/150, r = (4/3) / 2
+    ("grounding_box", "[0, 0, 10, 10]", [5, 0, 15, 10], 2 / 3),
+    # a near miss: intersection 38x38 = 1444, union 1756, enclosing 42x42 = 1764:
+    # GIoU = 361/439 - 2/441 = 158323/193599, r = (193599 + 158323) / (2 * 193599)
+    ("grounding_box", "[12, 12, 52, 52]", [10, 10, 50, 50], 175961 / 193599),
+    # containing: IoU 100/400 = 1/4, r = 1/4 * 5/4 / 2
+    ("grounding_box", "[0, 0, 20, 20]", [5, 5, 15, 15], 5 / 32),
+    # containing, the gamed box: IoU = 1600 / 200000^2 = 1/25e6 (no image size: nothing to clip to),
+    # r = IoU * (1 + IoU) / 2 = (25e6 + 1) / (2 * 25e6^2), about 2e-8
+    ("grounding_box", "[-100000, -100000, 100000, 100000]", [10, 10, 50, 50], 25_000_001 / 1_250_000_000_000_000),
     # zero area: 0 (it was (GIoU + 1) / 2 = 1/2)
     ("grounding_box", "[10, 10, 10, 10]", [10, 10, 50, 50], 0.0),
     ("grounding_box", "[30, 10, 30, 50]", [10, 10, 50, 50], 0.0),
-    # touching: IoU 0, GIoU 0; apart: GIoU -1/3; corner contact: GIoU -1/2; all 0
-    ("grounding_box", "[0, 0, 10, 10]", [10, 0, 20, 10], 0.0),
-    ("grounding_box", "[0, 0, 10, 10]", [20, 0, 30, 10], 0.0),
-    ("grounding_box", "[-5, -5, 5, 5]", [5, 5, 15, 15], 0.0),
-    # without an image size, coordinates are taken as given: IoU 1600/6400 = GIoU
-    ("grounding_box", "[60, 40, 140, 120]", [60, 40, 100, 80], 1 / 4),
+    # disjoint, same size, ranked by distance: touching GIoU 0, r 1/2; 10 apart GIoU -1/3, r 1/3 (100/300);
+    # corner contact GIoU -1/2, r 1/4 (100/400)
+    ("grounding_box", "[0, 0, 10, 10]", [10, 0, 20, 10], 1 / 2),
+    ("grounding_box", "[0, 0, 10, 10]", [20, 0, 30, 10], 1 / 3),
+    ("grounding_box", "[-5, -5, 5, 5]", [5, 5, 15, 15], 1 / 4),
+    # 10 apart from the 40x40 gold box: enclosing 90x40, r = 1600/3600; 950 apart (diagonally): 1600/1030^2
+    ("grounding_box", "[60, 10, 100, 50]", [10, 10, 50, 50], 4 / 9),
+    ("grounding_box", "[1000, 1000, 1040, 1040]", [10, 10, 50, 50], 16 / 10609),
+    # a huge box far away: union 4e6 + 1600, enclosing 2990^2 = 8940100, (1 + GIoU) / 2 = 4001600 / 17880200
+    # = 20008/89401, times the size ratio 1600/4e6 = 1/2500: 20008/223502500
+    ("grounding_box", "[1000, 1000, 3000, 3000]", [10, 10, 50, 50], 5002 / 55875625),
+    # without an image size, coordinates are taken as given: contains, IoU 1600/6400 = 1/4, r = 5/32
+    ("grounding_box", "[60, 40, 140, 120]", [60, 40, 100, 80], 5 / 32),
     ("grounding_box", "[15, 15, 5, 5]", [5, 5, 15, 15], 0.0),
     ("grounding_box", "[5, 5, 15, 15]", [15, 15, 5, 5], 0.0),
     ("grounding_box", "[a, b, c, d]", [5, 5, 15, 15], 0.0),
@@ -147,13 +159,15 @@ def test_reward(task, response, answer, expected):
 
 # (task, response, answer, image (width, height), expected): boxes clipped to the image, points off it 0
 SIZED_CASES = [
-    # the gamed box, clipped, is the whole 100x80 image: it contains the gold box, GIoU = IoU = 1600/8000
-    ("grounding_box", "[-100000, -100000, 100000, 100000]", [10, 10, 50, 50], (100, 80), 1 / 5),
-    ("grounding_box", "[0, 0, 100, 80]", [10, 10, 50, 50], (100, 80), 1 / 5),
+    # the gamed box, clipped, is the whole 100x80 image: it contains the gold box, IoU = 1600/8000 = 1/5,
+    # r = IoU * (1 + IoU) / 2 = 1/5 * 6/5 / 2
+    ("grounding_box", "[-100000, -100000, 100000, 100000]", [10, 10, 50, 50], (100, 80), 3 / 25),
+    ("grounding_box", "[0, 0, 100, 80]", [10, 10, 50, 50], (100, 80), 3 / 25),
     ("grounding_box", "[10, 10, 10, 10]", [10, 10, 50, 50], (100, 80), 0.0),
-    ("grounding_box", "[12, 12, 52, 52]", [10, 10, 50, 50], (100, 80), 158323 / 193599),  # inside: unchanged
-    # clipped to [0, 0, 50, 50]: contains the gold box, IoU 1600/2500 (unclipped 1600/3600)
-    ("grounding_box", "[-10, -10, 50, 50]", [10, 10, 50, 50], (100, 80), 16 / 25),
+    ("grounding_box", "[12, 12, 52, 52]", [10, 10, 50, 50], (100, 80), 175961 / 193599),  # inside: unchanged
+    # clipped to [0, 0, 50, 50]: contains the gold box, IoU 1600/2500 = 16/25 (unclipped 1600/3600),
+    # r = 16/25 * 41/25 / 2
+    ("grounding_box", "[-10, -10, 50, 50]", [10, 10, 50, 50], (100, 80), 328 / 625),
     # off the image: clipped to the zero-area [100, 10, 100, 50]
     ("grounding_box", "[120, 10, 150, 50]", [10, 10, 50, 50], (100, 80), 0.0),
     ("grounding_box", "[120, 10, 150, 50]", [120, 10, 150, 50], (100, 80), 0.0),  # a gold box off the image
@@ -179,10 +193,16 @@ def test_reward_with_image_size(task, response, answer, size, expected):
 
 
 def test_an_honest_near_miss_beats_a_huge_box():
+    """The gamed boxes of the issue earn at most their IoU: the huge box, clipped or not, contains the gold one,
+    and a zero-area box earns 0; a near miss that does not contain the gold box earns far more."""
     near, huge, gold = "[12, 12, 52, 52]", "[-100000, -100000, 100000, 100000]", [10, 10, 50, 50]
-    for size in (None, (100, 80), (640, 480)):
-        box = REWARDS["grounding_box"]
-        assert box(near, gold, image_size=size) > 0.8 > 0.2 >= box(huge, gold, image_size=size)
+    box = REWARDS["grounding_box"]
+    # IoU of the huge box: 1600 over its own area, or over the image's once clipped
+    for size, huge_iou in ((None, 1600 / 200_000**2), ((100, 80), 1 / 5), ((640, 480), 1600 / (640 * 480))):
+        assert box(near, gold, image_size=size) > 0.9 > 0.2 >= huge_iou >= box(huge, gold, image_size=size)
+        assert box(huge, gold, image_size=size) == pytest.approx(huge_iou * (1 + huge_iou) / 2, abs=1e-12)
+        assert box("[10, 10, 10, 10]", gold, image_size=size) == 0.0
+    assert box(huge, gold, image_size=(100, 80)) == pytest.approx(3 / 25, abs=1e-12)
 
 
 _COORD = st.integers(-50, 150)
@@ -190,19 +210,60 @@ _BOX = st.tuples(_COORD, _COORD, _COORD, _COORD).map(lambda b: [min(b[0], b[2]),
                                                                max(b[0], b[2]), max(b[1], b[3])])
 
 
+def _area(box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _contains(outer, inner) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
+
+
 @settings(max_examples=300, deadline=None)
 @given(pred=_BOX, gold=_BOX, size=st.one_of(st.none(), st.tuples(st.integers(1, 120), st.integers(1, 120))))
-def test_property_no_box_scores_above_its_iou(pred, gold, size):
-    """max(0, GIoU) <= IoU of the (clipped) boxes, equal when one contains the other: no box can be gamed."""
+def test_property_in_range_and_no_nested_box_scores_above_its_iou(pred, gold, size):
+    """r in [0, 1] and never above the size ratio; when one (clipped) box contains the other,
+    r = IoU * (1 + IoU) / 2 <= IoU: neither a huge box nor a tiny one inside the gold box can be gamed."""
     value = REWARDS["grounding_box"](str(pred), gold, image_size=size)
+    assert type(value) is float and 0.0 <= value <= 1.0
     if size is not None:
         pred, gold = [[min(max(v, 0), m) for v, m in zip(b, size * 2)] for b in (pred, gold)]
+    if _area(pred) == 0 or _area(gold) == 0:
+        assert value == 0.0
+        return
+    assert value <= min(_area(pred), _area(gold)) / max(_area(pred), _area(gold)) + 1e-12
     boxes = torch.tensor([pred, gold], dtype=torch.float64)
-    iou = 0.0 if any((b[2] - b[0]) * (b[3] - b[1]) == 0 for b in (pred, gold)) else box_iou(boxes[:1], boxes[1:]).item()
-    assert 0.0 <= value <= iou + 1e-12
-    contains = pred[0] <= gold[0] and pred[1] <= gold[1] and pred[2] >= gold[2] and pred[3] >= gold[3]
-    if contains:
-        assert value == pytest.approx(iou, abs=1e-12)
+    iou = box_iou(boxes[:1], boxes[1:]).item()
+    if _contains(pred, gold) or _contains(gold, pred):
+        assert value == pytest.approx(iou * (1 + iou) / 2, abs=1e-12)
+        assert value <= iou + 1e-12
+
+
+_SIDE = st.integers(1, 60)
+_OFFSET = st.tuples(st.integers(0, 200), st.sampled_from([-1, 1]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(gold_corner=st.tuples(_COORD, _COORD), width=_SIDE, height=_SIDE, near=st.tuples(_OFFSET, _OFFSET),
+       extra=st.tuples(st.integers(0, 100), st.integers(0, 100)), far_signs=st.tuples(*[st.sampled_from([-1, 1])] * 2))
+def test_property_nearer_disjoint_box_of_the_golds_size_scores_more(gold_corner, width, height, near, extra,
+                                                                     far_signs):
+    """Two boxes of the gold box's size that do not overlap it: the one farther off in both axes (at least as
+    far in each, farther in one) scores less, and both score above 0 (r = area / enclosing area)."""
+    (nx, sx), (ny, sy) = near
+    if nx < width and ny < height:  # it would overlap the gold box: push it off along x
+        nx = width
+    if extra == (0, 0):
+        extra = (1, 0)
+    offsets = {"near": (sx * nx, sy * ny), "far": (far_signs[0] * (nx + extra[0]), far_signs[1] * (ny + extra[1]))}
+    x, y = gold_corner
+    gold = [x, y, x + width, y + height]
+    value = {name: REWARDS["grounding_box"](str([x + dx, y + dy, x + dx + width, y + dy + height]), gold)
+             for name, (dx, dy) in offsets.items()}
+    assert value["near"] > value["far"] > 0.0
+    for name, (dx, dy) in offsets.items():
+        expected = width * height / ((width + abs(dx)) * (height + abs(dy)))
+        assert value[name] == pytest.approx(expected, abs=1e-12)
+
 
 ADVERSARIAL = {
     "brackets": "[" * 100_000,

@@ -1,4 +1,4 @@
-"""Grounding: a box scored by its GIoU with the gold box, or a point scored by whether it hits the gold box.
+"""Grounding: a box scored by its size-matched GIoU with the gold box, or a point by whether it hits the gold box.
 
 Boxes are `[x1, y1, x2, y2]` in absolute pixels. A predicted box is the last four-number `[x1, y1, x2, y2]` of
 the final answer (JSON such as `{"bbox_2d": [...]}` included); a point the last `[x, y]` or `(x, y)` (JSON such
@@ -25,15 +25,24 @@ MAX_COORD = 100_000.0  # pixels; no image is this large, so such a coordinate is
 
 @guarded
 def grounding_box_reward(response: str, answer, image_size: tuple[float, float] | None = None) -> float:
-    """max(0, GIoU) of `response`'s box and the gold box `answer`, both clipped to the image when `image_size`
-    is given: 1.0 for the same box, 0.0 for boxes that do not overlap, and 0.0 when either box is invalid or has
-    no area (after clipping).
+    """Size-matched GIoU of `response`'s box and the gold box `answer`, both clipped to the image when
+    `image_size` is given:
 
-    Why this mapping: GIoU = IoU - (enclosing - union) / enclosing is never above IoU, and equals it when one
-    box contains the other. So no box earns more than its IoU, and a box covering the whole image earns
-    area(gold) / area(image), while (GIoU + 1) / 2 paid at least 1/2 for any box containing the gold one, however
-    large. The price: disjoint misses all score 0 (GIoU < 0 no longer ranks them); overlapping misses are still
-    ranked, below their IoU by the slack in their enclosing box.
+        r = (1 + GIoU) / 2 * min(A_pred, A_gold) / max(A_pred, A_gold)
+
+    with A the (clipped) areas. 0.0 when either box is invalid or has no area (after clipping).
+
+    Why this mapping (GIoU = IoU - (C - U) / C, C the enclosing box's area, U the union's):
+    - r is in [0, 1], and 1 only for the same box: GIoU is in [-1, 1] and 1 only for equal boxes, and the size
+      ratio is in (0, 1].
+    - No box that contains the gold one, or lies inside it, earns more than its IoU: then C = U, so GIoU = IoU,
+      and the size ratio is small / large = intersection / union = IoU, so r = IoU * (1 + IoU) / 2 <= IoU. A box
+      over the whole image earns at most area(gold) / area(image), a tiny box inside the gold one likewise,
+      where (GIoU + 1) / 2 paid at least 1/2 for any box containing the gold one.
+    - Disjoint misses are still ranked, which RL needs to learn boxes from scratch (max(0, GIoU) gave them all
+      0): for two boxes of area A that do not overlap, U = 2A and r = A / C, which falls as they move apart
+      (1/2 when they touch). A large box far away earns little, its (1 + GIoU) / 2 times the size ratio: any
+      box k times larger or smaller than the gold one earns at most 1 / k.
     """
     text = final_answer(response)
     pred = None if text is None else last_box(text)
@@ -42,10 +51,12 @@ def grounding_box_reward(response: str, answer, image_size: tuple[float, float] 
         return 0.0
     if image_size is not None:
         pred, gold = _clip(pred, image_size), _clip(gold, image_size)
-    if _area(pred) <= 0 or _area(gold) <= 0:
+    areas = _area(pred), _area(gold)
+    if min(areas) <= 0:
         return 0.0
     boxes = torch.tensor([pred, gold], dtype=torch.float64)
-    return max(0.0, generalized_box_iou(boxes[:1], boxes[1:])[0, 0].item())
+    giou = generalized_box_iou(boxes[:1], boxes[1:])[0, 0].item()
+    return (1.0 + giou) / 2.0 * min(areas) / max(areas)
 
 
 @guarded
