@@ -62,9 +62,10 @@ def test_the_router_clips_boxes_to_the_prompts_image():
     box = to_prompt(make_sample("grounding", 3))
     assert box.answer == [88, 57, 109, 78] and box.sample["images"][0].size == (112, 112)
     rewards = RewardRouter().score([box], [["[88, 57, 200, 78]", "[-1000, -1000, 1000, 1000]", "[120, 0, 130, 9]"]])
-    # clipped: [88, 57, 112, 78] contains the 21x21 gold box, IoU 21/24 (unclipped 21/112); the huge box is the
-    # whole image, IoU 441/12544 (unclipped 441/4e6); a box off the image has no area left
-    assert rewards == [[pytest.approx(7 / 8, abs=1e-12), pytest.approx(9 / 256, abs=1e-12), 0.0]]
+    # clipped: [88, 57, 112, 78] contains the 21x21 gold box, IoU 21/24 = 7/8 (unclipped 21/112); the huge box is
+    # the whole image, IoU 441/12544 = 9/256 (unclipped 441/4e6); a containing box scores IoU (1 + IoU) / 2:
+    # 7/8 * 15/16 = 105/128 and 9/256 * 265/512 = 2385/131072; a box off the image has no area left
+    assert rewards == [[pytest.approx(105 / 128, abs=1e-12), pytest.approx(2385 / 131072, abs=1e-12), 0.0]]
     gui = make_sample("gui", 0)  # its button, [1, 17, 47, 35], on a 40x40 crop of its screen: partly off it
     point = to_prompt({**gui, "images": [gui["images"][0].crop((0, 0, 40, 40))]})
     assert point.answer == [1, 17, 47, 35] and point.sample["images"][0].size == (40, 40)

@@ -1,8 +1,8 @@
 """stage=eval: a policy generates greedily with the rollout engine (vLLM) on held-out prompts, and the RL
 stage's reward functions score each answer.
 
-Scores per task are the mean reward: accuracy for math, multiple choice, counting and GUI points; the GIoU
-reward ((GIoU + 1) / 2) for boxes; the segment IoU for temporal grounding; reward-model scores for open-ended
+Scores per task are the mean reward: accuracy for math, multiple choice, counting and GUI points; the
+size-matched GIoU reward for boxes (`mimovl.rewards.grounding`); the segment IoU for temporal grounding; reward-model scores for open-ended
 prompts when the programme has reward models. They go to summary.json (`scores`, `mean_score`), to W&B and the
 CSV log (`eval/<task>`), and every response to responses.jsonl. Public benchmarks are run by lmms-eval on the
 `hf/` export (recipes/mimo_vl/README.md). Runs in one process.
@@ -31,7 +31,7 @@ from mimovl.train import (
 log = logging.getLogger(__name__)
 # What each task's mean reward measures (summary.json's `metrics`).
 METRICS = {"math": "accuracy", "multiple_choice": "accuracy", "counting": "accuracy", "grounding_point": "accuracy",
-           "grounding_box": "GIoU reward, (GIoU + 1) / 2", "temporal_grounding": "segment IoU",
+           "grounding_box": "GIoU reward, (GIoU + 1) / 2 x area ratio", "temporal_grounding": "segment IoU",
            "open_text": "text reward model", "open_vision": "multimodal reward model"}
 
 

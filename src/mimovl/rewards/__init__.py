@@ -2,7 +2,7 @@
 
     from mimovl.rewards import REWARDS, safe_reward
     REWARDS["counting"]("<think>...</think>3", 3)      # 1.0
-    REWARDS["grounding_box"]("[0, 0, 10, 10]", [0, 0, 10, 20], image_size=(640, 480))  # 0.5: GIoU = IoU
+    REWARDS["grounding_box"]("[0, 0, 10, 10]", [0, 0, 10, 20], image_size=(640, 480))  # 0.375: IoU (1 + IoU) / 2
     safe_reward(meta["task"], response, meta["answer"], image_size=image_size(sample))
 
 Every verifier reads the final answer (after the last `</think>`; none while a `<think>` is left open),

@@ -22,6 +22,7 @@ from torch.distributed.tensor import DTensor
 from mimovl.errors import UsageError, require
 from mimovl.eval.score import generate_and_score, sums_by_kind
 from mimovl.model.export import export_hf
+from mimovl.outputs import write_text
 from mimovl.rewards import TASKS
 from mimovl.rewards.router import RewardRouter
 from mimovl.rl.batch import rollout_batch
@@ -135,7 +136,7 @@ class RolloutCallback(pl.Callback):
         lines = path.read_text().splitlines(keepends=True)
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] < step]
         if len(kept) != len(lines):
-            path.write_text("".join(kept))
+            write_text(path, "".join(kept))
 
     def on_fit_end(self, trainer: pl.Trainer, module) -> None:
         self._sync(module)
