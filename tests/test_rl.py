@@ -20,12 +20,12 @@ from mimovl.rl.rollout import HFRollout, Sampling, VLLMRollout
 
 TASK_MIX = "{qa: 1.0, reasoning: 1.0, grounding: 1.0, gui: 1.0, video: 1.0}"
 # The held-out mean reward over the five rule tasks (48 greedy prompts each) must rise by more than MIN_GAIN, and
-# box grounding (a dense reward: GIoU) by more than MIN_BOX_GAIN. Measured on this machine kind with the tiny
-# scale's 220 stage-4 steps: rule-task mean +0.12, grounding_box 0.00 -> 0.47 (with 110 steps the SFT policy
-# never wrote a parseable box and RL could not start on boxes: 0.00 -> 0.00).
+# box grounding (a dense reward: size-matched GIoU) by more than MIN_BOX_GAIN. Measured on this machine kind with
+# the tiny scale's 220 stage-4 steps: rule-task mean +0.073, grounding_box 0.000 -> 0.036. (The old (GIoU + 1) / 2
+# reward showed 0.00 -> 0.47, but it paid 1/2 for any box containing the target, a huge one included.)
 RULE_TASKS = ("math", "counting", "grounding_box", "grounding_point", "temporal_grounding")
 MIN_GAIN = 0.03
-MIN_BOX_GAIN = 0.2
+MIN_BOX_GAIN = 0.02
 # The programme (all stages at the tiny scale) takes about 6-8 minutes on 2 free cores; a test's timeout
 # includes its fixtures.
 FIXTURE_TIMEOUT = 1800
