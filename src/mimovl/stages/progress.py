@@ -4,6 +4,8 @@ Shown: the loss; for RL the mean reward, pass rate and response length of the st
 default bar counts epochs, which a streamed stage does not have, and shows its logger's version.)
 """
 
+import sys
+
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 # Logged metric -> its short name on the bar.
@@ -36,9 +38,24 @@ class StageProgressBar(TQDMProgressBar):
             return trainer.max_steps * trainer.accumulate_grad_batches // updates
         return super().total_train_batches
 
+    def on_train_start(self, trainer, *_) -> None:
+        if not sys.stdout.isatty():  # a log file, not a terminal: each redraw is a line; about ten per stage
+            self._refresh_rate = max(self._refresh_rate, int(self.total_train_batches) // 10 or 1)
+        super().on_train_start(trainer)
+
     def on_train_epoch_start(self, trainer, *_) -> None:
-        super().on_train_epoch_start(trainer)
-        self.train_progress_bar.set_description(self.stage)  # not "Epoch 0"
+        bar = self.train_progress_bar  # Lightning's, without its "Epoch 0" description
+        bar.reset()
+        bar.total, bar.initial = self.total_train_batches, 0
+        bar.set_description(self.stage, refresh=False)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
+        # One redraw per update (Lightning's draws the count, then the figures again: two lines in a log file).
+        bar, n = self.train_progress_bar, batch_idx + 1
+        if self.is_enabled and (n % self.refresh_rate == 0 or n == bar.total):
+            bar.set_postfix(self.get_metrics(trainer, module), refresh=False)
+            bar.n = n
+            bar.refresh()
 
     def get_metrics(self, trainer, module) -> dict:
         metrics = super().get_metrics(trainer, module)
