@@ -2,10 +2,10 @@
 stage's reward functions score each answer.
 
 Scores per task are the mean reward: accuracy for math, multiple choice, counting and GUI points; the
-size-matched GIoU reward for boxes (`mimovl.rewards.grounding`); the segment IoU for temporal grounding; reward-model scores for open-ended
-prompts when the programme has reward models. They go to summary.json (`scores`, `mean_score`), to W&B and the
-CSV log (`eval/<task>`), and every response to responses.jsonl. Public benchmarks are run by lmms-eval on the
-`hf/` export (recipes/mimo_vl/README.md). Runs in one process.
+size-matched GIoU reward for boxes (`mimovl.rewards.grounding`); the segment IoU for temporal grounding;
+reward-model scores for open-ended prompts when the programme has reward models. They go to summary.json
+(`scores`, `mean_score`), to W&B and the CSV log (`eval/<task>`), and every response to responses.jsonl.
+Public benchmarks are run by lmms-eval on the `hf/` export (recipes/mimo_vl/README.md). Runs in one process.
 """
 
 import json
