@@ -124,7 +124,7 @@ def test_usage_errors_exit_with_status_2(tmp_path):
 @pytest.mark.parametrize("args, fragments", [
     (["stage.max_steps=-3"], ["stage.max_steps=-3: must be above 0"]),
     (["stage.tokens=-5"], ["stage.tokens=-5: must be above 0"]),
-    (["stage.mix={caption: 1.0, nosuch: 1.0}"], ["stage.mix names sources that data.sources does not define",
+    (["+stage.mix.nosuch=1.0"], ["stage.mix names sources that data.sources does not define",
                                                  "nosuch"]),  # raised inside Hydra's instantiate
     (["stage=rl", "rl.group_size=1", "stage.init_from=null"], ["rl.group_size=1", "at least 2 responses"]),
 ], ids=["negative-max-steps", "negative-tokens", "unknown-mix-source", "group-of-one"])
