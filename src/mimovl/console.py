@@ -20,15 +20,15 @@ _verbose = False
 
 
 class ConsoleFilter(logging.Filter):
-    """Passes this project's records from INFO, other libraries' from WARNING, and from the developer-facing
-    loggers only errors; everything when verbose."""
+    """Passes this project's records (INFO and up unless `hydra.verbose` lowers a logger's level), other
+    libraries' from WARNING, and from the developer-facing loggers only errors; everything when verbose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _verbose:
             return True
         name = record.name
         if name == PROJECT or name.startswith(PROJECT + "."):
-            return record.levelno >= logging.INFO
+            return True  # at the level its logger is set to (hydra.verbose=mimovl.rl.callback: debug lines too)
         if any(name == n or name.startswith(n + ".") for n in DEVELOPER_LOGGERS):
             return record.levelno >= logging.ERROR
         return record.levelno >= logging.WARNING
