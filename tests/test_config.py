@@ -130,3 +130,24 @@ def test_every_logger_builds_a_trainer(logger, tmp_path):
     trainer = build_trainer(cfg, pl.LightningModule())
     assert trainer.max_steps == stage_steps(cfg.stage, 1)
     assert (trainer.logger is None) == (logger == "none")
+
+
+def test_the_tiny_quickstart_prepares_exactly_the_missing_stages_before_rl(tmp_path):
+    """`+recipe=mimo_vl stage=rl` on the tiny model trains the missing stages before it (s1 -> s4, or from the
+    last export there is); a start given as a directory, or the paper scale, prepares nothing."""
+    from mimovl.programme import missing_chain
+
+    overrides = ["+recipe=mimo_vl", f"paths.runs_dir={tmp_path}", "stage.steps=3"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, "stage=rl"])
+        assert cfg.stage.prepare is True
+        chain = missing_chain(cfg, overrides)
+        assert [c.stage.name for c in chain] == ["s1", "s2", "s3", "s4"]
+        assert [c.stage.steps for c in chain] == [30, 30, 40, 220]  # the tiny scale's, not the command's stage.*
+        (tmp_path / "mimo_vl/s2/hf").mkdir(parents=True)
+        (tmp_path / "mimo_vl/s2/hf/config.json").write_text("{}")
+        assert [c.stage.name for c in missing_chain(cfg, overrides)] == ["s3", "s4"]
+        given = compose(config_name="config", overrides=[*overrides, "stage=rl", f"stage.init_from={tmp_path}"])
+        assert missing_chain(given, overrides) == []
+        paper = compose(config_name="config", overrides=[*overrides, "stage=rl", "model=hf", "model.path=/x"])
+        assert paper.stage.prepare is False

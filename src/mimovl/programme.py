@@ -57,16 +57,34 @@ def run_all(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
 
 def prepare_previous(cfg: DictConfig, overrides: list[str] | None = None) -> None:
-    """Runs the stages leading to this one (following `stage.previous`) whose export is missing, earliest first,
-    so that `stage.init_from: previous` finds a trained start. Each is composed like `stage=<name>` with the
-    command's overrides, less those of `stage.*` (they are this stage's).
+    """Runs the stages leading to this one whose export is missing (`missing_chain`), earliest first, so that
+    `stage.init_from: previous` finds a trained start.
 
     The tiny recipe turns this on for `stage=rl` (`stage.prepare`): the quickstart then learns from an SFT-like
     policy instead of a random one. It is off at the paper's scale, where a missing stage 4 is a mistake to
     report, not hours of pre-training to start.
     """
-    if not cfg.stage.previous or (Path(cfg.paths.run_root) / cfg.stage.previous / "hf" / "config.json").exists():
+    chain = missing_chain(cfg, overrides)
+    if not chain:
         return
+    names = " -> ".join(c.stage.name for c in chain)
+    print(f"[mimovl] {cfg.stage.name}: no {cfg.stage.previous} export under {cfg.paths.run_root}: preparing it "
+          f"first with {names} (stage.prepare=false starts from model={cfg.model._target_.rsplit('.', 1)[-1]} "
+          "instead); the next run reuses it")
+    for stage_cfg in chain:
+        print(f"[mimovl] {cfg.stage.name}: preparing {stage_cfg.stage.name}")
+        hydra.utils.get_method(stage_cfg.stage.get("runner") or DEFAULT_RUNNER)(stage_cfg)
+
+
+def missing_chain(cfg: DictConfig, overrides: list[str] | None = None) -> list[DictConfig]:
+    """The configs of the stages before this one (following `stage.previous`) back to the last with an export,
+    earliest first; empty when this stage does not start from `previous` or its previous export exists. Each is
+    composed like `stage=<name>` with the command's overrides (default: Hydra's), less those of `stage.*` (they
+    are this stage's)."""
+    if cfg.stage.init_from != "previous" or not cfg.stage.previous:
+        return []  # this stage starts from a directory, or from `model`: there is nothing to prepare
+    if (Path(cfg.paths.run_root) / cfg.stage.previous / "hf" / "config.json").exists():
+        return []
     if overrides is None:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     overrides = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("stage")]
@@ -77,15 +95,7 @@ def prepare_previous(cfg: DictConfig, overrides: list[str] | None = None) -> Non
             break
         chain.insert(0, stage_cfg)
         name = stage_cfg.stage.previous if stage_cfg.stage.init_from == "previous" else None
-    if not chain:
-        return
-    names = " -> ".join(c.stage.name for c in chain)
-    print(f"[mimovl] {cfg.stage.name}: no {cfg.stage.previous} export under {cfg.paths.run_root}: preparing it "
-          f"first with {names} (stage.prepare=false starts from model={cfg.model._target_.rsplit('.', 1)[-1]} "
-          "instead); the next run reuses it")
-    for stage_cfg in chain:
-        print(f"[mimovl] {cfg.stage.name}: preparing {stage_cfg.stage.name}")
-        hydra.utils.get_method(stage_cfg.stage.get("runner") or DEFAULT_RUNNER)(stage_cfg)
+    return chain
 
 
 def programme_summary(done: dict[str, dict]) -> dict:
