@@ -135,3 +135,19 @@ def test_solved_prompts_enter_the_easy_pool_and_come_back_at_its_rate():
     mixed = [p for _ in range(2000) for p in pool.mix([100])]
     share = sum(p != 100 for p in mixed) / len(mixed)
     assert share == pytest.approx(0.1, abs=0.02)
+
+
+def test_easy_pool_state_round_trips_its_prompts_pixels_and_random_state(make_image):
+    from mimovl.rl.prompts import Prompt
+
+    pool = EasyPool(probability=0.5, capacity=4, seed=3)
+    for i in range(3):
+        pool.add(Prompt(f"k{i}", "counting", i, {"images": [make_image(seed=i)], "messages": []}))
+    restored = EasyPool(probability=0.5, capacity=4, seed=99)
+    restored.load_state_dict(pool.state_dict())
+    assert [p.key for p in restored.prompts] == ["k0", "k1", "k2"]
+    assert all(torch.equal(torch.tensor(list(a.sample["images"][0].getdata())),
+                           torch.tensor(list(b.sample["images"][0].getdata())))
+               for a, b in zip(pool.prompts, restored.prompts))
+    slots = list(range(20))
+    assert [getattr(p, "key", p) for p in pool.mix(slots)] == [getattr(p, "key", p) for p in restored.mix(slots)]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from mimovl.data.schema import DOCUMENT_TYPES
+from mimovl.data.shards import encode_image
 
 PNG = "__png__"  # the key of an image stored as PNG bytes in `Prompt.to_state`
 
@@ -46,9 +47,7 @@ class Prompt:
 def _plain(value):
     """`value` with every PIL image replaced by {"png": bytes} (pickling a PIL image stores raw pixels)."""
     if isinstance(value, Image.Image):
-        buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
-        return {PNG: buffer.getvalue()}
+        return {PNG: encode_image(value, "png")}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
