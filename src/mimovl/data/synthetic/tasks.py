@@ -1,117 +1,33 @@
-"""Synthetic, checkable samples of every type, drawn with PIL, for tests and CPU smoke runs.
-
-    shards = ensure_synthetic("data/synth", n_per_type=256)            # {type: [shard paths]}, split "train"
-    held = ensure_synthetic("data/synth", n_per_type=64, split="heldout")
-
-Layout: root/{split}/{type}/{type}-%06d.tar plus root/{split}/DONE.json (written last; ensure_synthetic
-regenerates only when it is missing or was written with other arguments).
-
-The tasks use a vocabulary of a few dozen words (COLORS, SHAPES, WORDS, BUTTONS, number words), so a tiny
-byte-level BPE covers them. Scenes place shapes in the cells of a 28-pixel grid, so objects never overlap and
-every box is exact. Each sample draws from its own random.Random seeded by (split, seed, type, index): the
-output depends only on those, and "heldout" never shares a random stream with "train".
-Samples meant for RL carry meta["task"] (a key of mimovl.rewards.REWARDS) and meta["answer"]. Preference pairs
-are checkable too: the chosen answer is right (a colour, a count, a sum) or polite and helpful, the rejected one
-wrong or rude; half of them are text-only.
+"""The synthetic sample makers, one per type (qa, reasoning and preference with several variants), and
+make_sample, which picks the maker and seeds its random stream.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import uuid
 from collections import Counter
-from functools import cache
-from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from mimovl.data.schema import SAMPLE_TYPES, chat, document, image, text, video
-from mimovl.data.shards import write_shards
-
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 190, 20)}
-SHAPES = ("circle", "square", "triangle")
-WORDS = ("cat", "dog", "sun", "map", "box", "tree", "book", "milk", "open", "stop", "exit", "park")
-BUTTONS = ("OK", "Cancel", "Save", "Open", "Close", "Next", "Back", "Help")
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-CELL = 28  # grid cell: one shape per cell, and the ViT patch (14) times the 2x2 merge
-DONE = "DONE.json"
-
-
-@cache
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
-
-
-def _plural(n: int, color: str, shape: str) -> str:
-    return f"{'a' if n == 1 else NUMBER_WORDS[n]} {color} {shape}{'' if n == 1 else 's'}"
-
-
-def _describe(objects: list[dict]) -> str:
-    """'two blue squares and a red circle' (groups in order of first appearance)."""
-    groups = Counter((o["color"], o["shape"]) for o in objects)
-    phrases = [_plural(n, c, s) for (c, s), n in groups.items()]
-    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-
-
-def _mmss(seconds: int) -> str:
-    return f"{seconds // 60:02d}:{seconds % 60:02d}"
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, color: str, box: list[int]) -> None:
-    x1, y1, x2, y2 = box
-    fill = COLORS[color]
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    else:
-        draw.polygon([((x1 + x2) // 2, y1), (x1, y2), (x2, y2)], fill=fill)
-
-
-def _scene(
-    rng: random.Random, size: tuple[int, int], kinds: list[tuple[str, str]]
-) -> tuple[Image.Image, list[dict]]:
-    """Draw one shape per (color, shape) in `kinds`, each in its own grid cell; return the image and objects
-    [{"color", "shape", "box": [x1, y1, x2, y2]}] in drawing order (boxes in absolute pixels, inclusive)."""
-    img = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    cols, rows = size[0] // CELL, size[1] // CELL
-    objects = []
-    for (color, shape), cell in zip(kinds, rng.sample(range(cols * rows), len(kinds))):
-        side = rng.randint(14, 24)
-        x1 = (cell % cols) * CELL + rng.randint(0, CELL - 1 - side)
-        y1 = (cell // cols) * CELL + rng.randint(0, CELL - 1 - side)
-        box = [x1, y1, x1 + side, y1 + side]
-        _draw_shape(draw, shape, color, box)
-        objects.append({"color": color, "shape": shape, "box": box})
-    return img, objects
-
-
-def _kinds(rng: random.Random, n: int) -> list[tuple[str, str]]:
-    return [(rng.choice(list(COLORS)), rng.choice(SHAPES)) for _ in range(n)]
-
-
-def _distinct_kinds(rng: random.Random, n: int) -> list[tuple[str, str]]:
-    return rng.sample([(c, s) for c in COLORS for s in SHAPES], n)
-
-
-def _text_image(
-    rng: random.Random, size: tuple[int, int], lines: list[str]
-) -> tuple[Image.Image, list[dict]]:
-    """Render each line in its own 28-pixel row at a random x; return the image and [{"text", "box"}]."""
-    img = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    rows = rng.sample(range(size[1] // CELL), len(lines))
-    words = []
-    for line, row in sorted(zip(lines, rows), key=lambda lr: lr[1]):  # reading order: top to bottom
-        width = draw.textbbox((0, 0), line, font=_font(14))[2]
-        xy = (rng.randint(2, max(2, size[0] - width - 2)), row * CELL + rng.randint(2, 8))
-        draw.text(xy, line, fill=(0, 0, 0), font=_font(14))
-        words.append({"text": line, "box": list(draw.textbbox(xy, line, font=_font(14)))})
-    return img, words
+from mimovl.data.schema import chat, document, image, text, video
+from mimovl.data.synthetic.draw import (
+    BUTTONS,
+    CELL,
+    COLORS,
+    NUMBER_WORDS,
+    SHAPES,
+    WORDS,
+    _big_shape,
+    _describe,
+    _distinct_kinds,
+    _font,
+    _kinds,
+    _mmss,
+    _plural,
+    _scene,
+    _text_image,
+)
 
 
 def _caption(rng, size):
@@ -293,15 +209,6 @@ def _preference(prompt: list[dict], chosen: str, rejected: str, **facts) -> tupl
     return [{"role": "user", "content": prompt}], {"chosen": chosen, "rejected": rejected, **facts}
 
 
-def _big_shape(draw: ImageDraw.ImageDraw, rng: random.Random, shape: str, color: str, area: list[int]) -> dict:
-    """Draw a shape filling most of `area` [x1, y1, x2, y2] (exclusive); return its object record."""
-    x1, y1, x2, y2 = area
-    side = rng.randint((x2 - x1) * 3 // 4, x2 - x1 - 1)
-    x, y = rng.randint(x1, x2 - 1 - side), rng.randint(y1, y2 - 1 - side)
-    _draw_shape(draw, shape, color, [x, y, x + side, y + side])
-    return {"color": color, "shape": shape, "box": [x, y, x + side, y + side]}
-
-
 # Preference pictures draw few, large shapes: a small model must read the colours and the count from them.
 def _pref_colour(rng, size):
     color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
@@ -380,81 +287,3 @@ def make_sample(
         "videos": videos,
         "meta": meta,
     }
-
-
-def write_synthetic(
-    root,
-    n_per_type: int = 256,
-    seed: int = 0,
-    image_size=(112, 112),
-    split: str = "train",
-    shard_size: int = 128,
-    types=SAMPLE_TYPES,
-) -> dict[str, list[str]]:
-    """Write `n_per_type` samples of each type to root/{split}/{type}/{type}-%06d.tar, then the DONE marker.
-
-    Returns {type: [shard paths]}. Image sizes: (width, height), best multiples of 28, at least 84x84.
-    """
-    out = Path(root) / split
-    shards = {}
-    for t in types:
-        samples = (make_sample(t, i, seed, split, image_size) for i in range(n_per_type))
-        shards[t] = write_shards(samples, str(out / t / f"{t}-%06d.tar"), maxcount=shard_size, progress=False)
-    params = _params(n_per_type, seed, image_size, shard_size, types)
-    shards_rel = {t: [os.path.relpath(p, out) for p in ps] for t, ps in shards.items()}
-    (out / DONE).write_text(json.dumps({"params": params, "shards": shards_rel}, indent=1))
-    return shards
-
-
-def ensure_synthetic(
-    root,
-    n_per_type: int = 256,
-    seed: int = 0,
-    image_size=(112, 112),
-    split: str = "train",
-    shard_size: int = 128,
-    types=SAMPLE_TYPES,
-) -> dict[str, list[str]]:
-    """write_synthetic unless root/{split} already holds a complete set written with the same arguments.
-
-    Safe to call from several processes at once: each writes into a private directory and renames it into
-    place; the first rename wins.
-    """
-    params = _params(n_per_type, seed, image_size, shard_size, types)
-    out = Path(root) / split
-    found = _read_done(out)
-    if found is not None and found["params"] == params:
-        return {t: [str(out / p) for p in ps] for t, ps in found["shards"].items()}
-    tmp = Path(root) / f".tmp-{uuid.uuid4().hex}"
-    write_synthetic(tmp, n_per_type, seed, image_size, split, shard_size, types)
-    if _read_done(out) != _read_done(tmp / split):  # else another process finished the same set meanwhile
-        shutil.rmtree(out, ignore_errors=True)  # interrupted, or written with other arguments
-        try:
-            os.rename(tmp / split, out)
-        except OSError:
-            pass  # another process renamed its identical set into place first
-    shutil.rmtree(tmp, ignore_errors=True)
-    found = _read_done(out)
-    if found is None or found["params"] != params:
-        raise RuntimeError(
-            f"{out}: another process wrote synthetic data with other arguments at the same time"
-        )
-    return {t: [str(out / p) for p in ps] for t, ps in found["shards"].items()}
-
-
-def _params(n_per_type, seed, image_size, shard_size, types) -> dict:
-    """The arguments a DONE marker records (in JSON form, to compare with what it read back)."""
-    return {
-        "n_per_type": n_per_type,
-        "seed": seed,
-        "image_size": list(image_size),
-        "shard_size": shard_size,
-        "types": list(types),
-    }
-
-
-def _read_done(out: Path) -> dict | None:
-    try:
-        return json.loads((out / DONE).read_text())
-    except (OSError, ValueError):
-        return None
