@@ -26,7 +26,7 @@ from mimovl.data.schema import SAMPLE_TYPES  # noqa: E402
 from mimovl.data.stream import mixed_stream  # noqa: E402
 from mimovl.data.synthetic import write_synthetic  # noqa: E402
 from mimovl.model.build import build_tiny  # noqa: E402
-from mimovl.stages.packed import PackedVLM, token_losses  # noqa: E402
+from mimovl.model.packed import PackedVLM, token_losses  # noqa: E402
 
 
 # build_tiny sizes: "tiny" is the test model; "small" has ~30M parameters.

@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from packing import SIZES  # noqa: E402
 
 from mimovl.model.build import load_hf  # noqa: E402
-from mimovl.rl import rollout  # noqa: E402
+from mimovl.generate import engines  # noqa: E402
 from mimovl.train import run  # noqa: E402
 
 PARTS = ("sync", "generate", "reward", "train")
@@ -62,16 +62,16 @@ def sync_vs_restart(summary: dict) -> tuple[float, float]:
     spec = Path(summary["output_dir"]) / "rollout_start"
     settings = dict(dtype="float32", max_model_len=2048, limit_mm_per_prompt={"image": 2, "video": 1},
                     gpu_memory_utilization=0.3, enforce_eager=True, seed=0, distributed=False)
-    engine = rollout.VLLMRollout(spec, **{k: v for k, v in settings.items()})
+    engine = engines.VLLMRollout(spec, **{k: v for k, v in settings.items()})
     model, _ = load_hf(summary["hf_dir"])
     start = time.perf_counter()
     engine.sync(model.state_dict().items())
     sync = time.perf_counter() - start
     start = time.perf_counter()
-    rollout._ENGINES.clear()
+    engines._ENGINES.clear()
     del engine
     cleanup_dist_env_and_memory()
-    rollout.VLLMRollout(spec, **settings)
+    engines.VLLMRollout(spec, **settings)
     return sync, time.perf_counter() - start
 
 

@@ -53,7 +53,7 @@ ENGINE_SETTINGS = {"dtype": "float32", "max_model_len": 2048, "limit_mm_per_prom
 
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_hf_dir):
-    """A `mimovl.rl.rollout.VLLMRollout` (float32, eager) started from `tiny_hf_dir`; it starts in ~30 s.
+    """A `mimovl.generate.engines.VLLMRollout` (float32, eager) started from `tiny_hf_dir`; it starts in ~30 s.
 
     One engine per session, shared with every RL run of the session (engines are kept per process by what
     they serve). Its weights are whatever was synced last: a test syncs the weights it means to use.
@@ -61,7 +61,7 @@ def vllm_engine(tiny_hf_dir):
     """
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-    from mimovl.rl.rollout import VLLMRollout
+    from mimovl.generate.engines import VLLMRollout
 
     yield VLLMRollout(tiny_hf_dir, **ENGINE_SETTINGS)
     cleanup_dist_env_and_memory()

@@ -22,7 +22,7 @@ from mimovl.data.packing import collate_rows, pack_rows, with_window_tokens  # n
 from mimovl.data.synthetic import make_sample  # noqa: E402
 from mimovl.model.build import build_tiny  # noqa: E402
 from mimovl.stages.pretrain import PretrainModule  # noqa: E402
-from mimovl.stages.sharding import full_state_dict  # noqa: E402
+from mimovl.model.sharding import full_state_dict  # noqa: E402
 
 SEQ_LEN, STEPS, ROWS_PER_STEP = 256, 2, 2
 
@@ -56,7 +56,7 @@ def main(out: str, devices: int, accumulate: int = 1) -> None:
     trainer.fit(module, train_dataloaders=DataLoader(list(with_window_tokens(batches, accumulate)), batch_size=None))
     state = full_state_dict(module.model)
     if trainer.is_global_zero:
-        torch.save({"state": state, "losses": module.loss_history}, out)
+        torch.save({"state": state, "losses": module.history["loss"]}, out)
 
 
 if __name__ == "__main__":

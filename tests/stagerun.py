@@ -4,7 +4,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from mimovl.train import run
+from mimovl.programme import run_stage as run_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -29,7 +29,7 @@ def compose_run(tmp: Path, *overrides: str):
 
 
 def run_stage(tmp: Path, *overrides: str) -> dict:
-    return run(compose_run(tmp, *overrides))
+    return run_config(compose_run(tmp, *overrides))
 
 
 def run_programme(tmp: Path, *overrides: str) -> dict:

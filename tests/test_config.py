@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from mimovl.cli import DEFAULT_RUNNER
 from mimovl.model.parts import PARTS
-from mimovl.train import build_trainer, stage_steps
+from mimovl.fit.trainer import build_trainer, stage_steps
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

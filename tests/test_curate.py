@@ -31,7 +31,7 @@ from mimovl.data.shards import write_shards
 from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import make_sample
 from mimovl.errors import UsageError
-from mimovl.rl.rollout import Completion
+from mimovl.generate.engines import Completion
 
 # ---------------------------------------------------------------- fixtures
 

@@ -138,8 +138,8 @@ def test_stage_and_rl_settings_are_checked_where_read():
     from omegaconf import OmegaConf
 
     from mimovl.errors import UsageError
-    from mimovl.rl.callback import RLConfig
-    from mimovl.train import stage_steps
+    from mimovl.rl.step import RLConfig
+    from mimovl.fit.trainer import stage_steps
 
     stage = OmegaConf.create({"steps": None, "max_steps": None, "tokens": 1e6, "seq_len": 1024, "batch_size": 2,
                               "accumulate": 1})

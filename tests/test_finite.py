@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mimovl.stages.finite import NonFiniteGuard, TrainingDiverged
+from mimovl.fit.finite import NonFiniteGuard, TrainingDiverged
 from stagerun import run_stage
 
 

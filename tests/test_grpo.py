@@ -138,7 +138,7 @@ def test_solved_prompts_enter_the_easy_pool_and_come_back_at_its_rate():
 
 
 def test_easy_pool_state_round_trips_its_prompts_pixels_and_random_state(make_image):
-    from mimovl.rl.prompts import Prompt
+    from mimovl.generate.prompts import Prompt
 
     pool = EasyPool(probability=0.5, capacity=4, seed=3)
     for i in range(3):

@@ -14,7 +14,8 @@ import torch
 
 from mimovl.errors import UsageError
 from mimovl.model import build_tiny, export_hf, load_hf
-from mimovl.outputs import AtomicCheckpointIO, resume_point, run_lock, write_json
+from mimovl.fit.checkpoint import AtomicCheckpointIO
+from mimovl.outputs import resume_point, run_lock, write_json
 from stagerun import compose_run, run_stage
 
 SRC = Path(__file__).resolve().parents[1] / "src"

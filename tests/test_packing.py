@@ -9,7 +9,7 @@ from mimovl.data.packing import collate_rows, pack_rows
 from mimovl.data.schema import chat, document, image, text, video
 from mimovl.errors import UsageError
 from mimovl.model.build import build_tiny
-from mimovl.stages.packed import PackedVLM, token_losses
+from mimovl.model.packed import PackedVLM, token_losses
 
 
 def _sized(n: int, skipped: int = 0) -> Encoded:

@@ -84,7 +84,7 @@ def test_rerunning_the_programme_skips_finished_stages(programme, capsys):
 def test_per_type_losses_are_logged_only_where_present(programme):
     """A loss per sample type exists only at steps whose batch holds that type; a stale carried-over value would
     repeat exactly at the next step (Lightning's self.log does that for keys missing from a step), which a mean
-    over a new batch does not. (RL's per-task figures use the same path, mimovl.stages.sparse.log_present.)"""
+    over a new batch does not. (RL's per-task figures use the same path, mimovl.metrics.log_present.)"""
     import csv
 
     rows = list(csv.DictReader((Path(programme["stages"]["s4"]) / "csv/version_0/metrics.csv").open()))

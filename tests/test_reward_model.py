@@ -20,11 +20,11 @@ from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import ensure_synthetic, make_sample
 from mimovl.model.build import build_tiny
 from mimovl.model.parts import part_of
-from mimovl.rewards import service
-from mimovl.rewards.models import RewardModelScorer
-from mimovl.rewards.service import HTTPRewardScorer, RewardServiceError
+from mimovl.rewards import client
+from mimovl.model.reward import RewardModelScorer
+from mimovl.rewards.client import HTTPRewardScorer, RewardServiceError
 from mimovl.stages.reward_model import RewardModule, pair_losses
-from mimovl.stages.sharding import full_state_dict
+from mimovl.model.sharding import full_state_dict
 from stagerun import run_stage
 
 pytestmark = pytest.mark.slow
@@ -150,7 +150,7 @@ def test_service_answers_like_the_scorer(exported, tmp_path, dtype, tolerance):
     responses = [s["meta"]["chosen"] for s in samples[:4]] + ["[00:01,00:03]", "[10, 10, 40, 40]"]
     log = open(tmp_path / "service.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mimovl.rewards.service", "--model", str(directory), "--port", "0",
+        [sys.executable, "-m", "mimovl.serve", "--model", str(directory), "--port", "0",
          "--dtype", dtype],
         stdout=subprocess.PIPE, stderr=log, text=True,
     )
@@ -179,9 +179,9 @@ def test_an_unreachable_service_retries_then_raises_naming_the_url(monkeypatch):
     calls, sleeps = [], []
     urlopen = urllib.request.urlopen
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: calls.append(1) or urlopen(*a, **k))
-    monkeypatch.setattr(service.time, "sleep", sleeps.append)
+    monkeypatch.setattr(client.time, "sleep", sleeps.append)
     scorer = HTTPRewardScorer(url, timeout=5, retries=2, backoff=0.25)
     with pytest.raises(RewardServiceError, match=re.escape(url)) as error:
         scorer.score([_prompt("qa", 0)], ["3"])
     assert len(calls) == 3 and sleeps == [0.25, 0.5]
-    assert "3 attempts" in str(error.value) and "python -m mimovl.rewards.service" in str(error.value)
+    assert "3 attempts" in str(error.value) and "python -m mimovl.serve" in str(error.value)

@@ -17,10 +17,11 @@ from mimovl.data.synthetic import make_sample
 from mimovl.errors import UsageError
 from mimovl.model.build import build_tiny
 from mimovl.model.reward import RewardModel
-from mimovl.rewards.models import RewardModelScorer
-from mimovl.rewards.router import HEALTH_TIMEOUT_S, RewardRouter
-from mimovl.rewards.service import Batcher, HTTPRewardScorer, RewardServiceError, encode_sample, make_server
-from mimovl.rl.prompts import to_prompt
+from mimovl.model.reward import RewardModelScorer
+from mimovl.generate.score import HEALTH_TIMEOUT_S, build_router
+from mimovl.rewards.client import HTTPRewardScorer, RewardServiceError, encode_sample
+from mimovl.serve import Batcher, make_server
+from mimovl.generate.prompts import to_prompt
 
 CAP = 300  # characters of a response the test scorer reads
 
@@ -218,9 +219,9 @@ def test_a_wrong_url_fails_start_up_in_seconds_naming_the_key():
     url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     start = time.perf_counter()
     with pytest.raises(UsageError, match=r"reward\.models\.vision\.url=" + re.escape(url)) as error:
-        RewardRouter.from_config({"vision": {"path": None, "url": url}})
+        build_router({"vision": {"path": None, "url": url}})
     assert time.perf_counter() - start < 5.0
-    assert "python -m mimovl.rewards.service" in str(error.value) and "set it to null" in str(error.value)
+    assert "python -m mimovl.serve" in str(error.value) and "set it to null" in str(error.value)
 
 
 def test_a_url_that_never_answers_fails_at_the_health_timeout():
@@ -230,21 +231,21 @@ def test_a_url_that_never_answers_fails_at_the_health_timeout():
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         start = time.perf_counter()
         with pytest.raises(UsageError, match=r"reward\.models\.text\.url"):
-            RewardRouter.from_config({"text": {"url": url}}, health_timeout=1.0)
+            build_router({"text": {"url": url}}, health_timeout=1.0)
         assert 0.9 < time.perf_counter() - start < 3.0
 
 
 def test_start_up_checks_the_service_and_learns_its_limits(scorer, tmp_path):
     samples, responses = _prompts(2)
     with serving(scorer, max_body_bytes=10**6) as (_, url):
-        router = RewardRouter.from_config({"vision": {"url": url}, "text": {"url": url}})
+        router = build_router({"vision": {"url": url}, "text": {"url": url}})
         assert router.models["vision"].limits == {"max_body_bytes": 10**6, "max_response_chars": CAP}
         assert router.models["vision"].score(samples, responses) == pytest.approx(
             scorer.score(samples, responses), abs=1e-6)
     model, processor = build_tiny(seed=4)
     text_rm = RewardModelScorer(RewardModel(model, modality="text").save(tmp_path / "hf", processor))
     with serving(text_rm) as (_, url):
-        text = RewardRouter.from_config({"text": {"url": url}}).models["text"]  # a text model for text: fine
+        text = build_router({"text": {"url": url}}).models["text"]  # a text model for text: fine
         assert text.limits == {"max_body_bytes": 16 * 2**20, "max_response_chars": 8192}
         with pytest.raises(UsageError, match=r"reward\.models\.vision\.url=.*text-only.*stage=rm"):
-            RewardRouter.from_config({"vision": {"url": url}})
+            build_router({"vision": {"url": url}})

@@ -16,7 +16,7 @@ from stagerun import run_stage
 
 from mimovl.model.build import load_hf
 from mimovl.rl.data import PromptDataModule
-from mimovl.rl.rollout import HFRollout, Sampling, VLLMRollout
+from mimovl.generate.engines import HFRollout, Sampling, VLLMRollout
 
 TASK_MIX = "{qa: 1.0, reasoning: 1.0, grounding: 1.0, gui: 1.0, video: 1.0}"
 # The held-out mean reward over the five rule tasks (48 greedy prompts each) must rise by more than MIN_GAIN, and

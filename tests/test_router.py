@@ -6,9 +6,10 @@ import pytest
 from mimovl.data.synthetic import make_sample
 from mimovl.model.build import build_tiny
 from mimovl.model.reward import RewardModel
-from mimovl.rewards.models import RewardModelScorer
+from mimovl.model.reward import RewardModelScorer
+from mimovl.generate.score import build_router
 from mimovl.rewards.router import RewardRouter
-from mimovl.rl.prompts import to_prompt
+from mimovl.generate.prompts import to_prompt
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def _open_ended(modality: str):
 
 
 def test_one_batch_mixes_rules_and_the_reward_model(vision_rm):
-    router = RewardRouter.from_config({"vision": {"path": str(vision_rm)}, "text": {"path": None}})
+    router = build_router({"vision": {"path": str(vision_rm)}, "text": {"path": None}})
     counting = next(p for i in range(6) if (p := to_prompt(make_sample("qa", i))).task == "counting")
     grounding = to_prompt(make_sample("grounding", 0))
     open_vision = _open_ended("vision")
@@ -45,7 +46,7 @@ def test_one_batch_mixes_rules_and_the_reward_model(vision_rm):
 
 
 def test_open_ended_prompts_without_a_reward_model_are_not_scoreable(vision_rm):
-    router = RewardRouter.from_config({"vision": {"path": str(vision_rm)}, "text": {"path": "/nowhere"}})
+    router = build_router({"vision": {"path": str(vision_rm)}, "text": {"path": "/nowhere"}})
     assert router.can_score(_open_ended("vision")) and not router.can_score(_open_ended("text"))
     assert router.can_score(to_prompt(make_sample("grounding", 0)))
     with pytest.raises(KeyError, match="no text reward model"):
@@ -54,7 +55,7 @@ def test_open_ended_prompts_without_a_reward_model_are_not_scoreable(vision_rm):
 
 def test_an_unknown_modality_is_a_config_error():
     with pytest.raises(KeyError, match="modalities"):
-        RewardRouter.from_config({"audio": {"path": None}})
+        build_router({"audio": {"path": None}})
 
 
 def test_the_router_clips_boxes_to_the_prompts_image():

@@ -1,31 +1,30 @@
 """What `python src/run.py` does with a composed config: run the stage it names, or say what is wrong.
 
-A stage's YAML names the function that runs it (`stage.runner`): `mimovl.train.run` trains one stage (the
-default), `mimovl.eval.run.evaluate` scores a policy on held-out prompts, `mimovl.programme.run_all` runs the
-whole programme. Each returns its summary; the value under `optimized_metric` is what Hydra sweepers optimise.
-A `UsageError`, wherever it is raised (a config check, inside Hydra's `instantiate`, in a DataLoader worker),
-ends the run as one line, `[mimovl] error: ...`, with exit status 2.
+A stage's YAML names the function that runs it (`stage.runner`, run by `mimovl.programme.run_stage`):
+`mimovl.train.run` trains one stage (the default), `mimovl.eval.run.evaluate` scores a policy on held-out
+prompts, `mimovl.programme.run_all` runs the whole programme. Each returns its summary; the value under
+`optimized_metric` is what Hydra sweepers optimise. A `UsageError`, wherever it is raised (a config check,
+inside Hydra's `instantiate`, in a DataLoader worker), ends the run as one line, `[mimovl] error: ...`, with
+exit status 2.
 """
 
 import logging
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
 from mimovl import console
 from mimovl.errors import UsageError
+from mimovl.programme import run_stage
 
 log = logging.getLogger(__name__)
-DEFAULT_RUNNER = "mimovl.train.run"
 
 
 def launch(cfg: DictConfig) -> float | None:
     """Runs `cfg.stage.runner`; returns summary[cfg.optimized_metric] (None when the summary lacks it)."""
     console.configure(bool(cfg.get("verbose", False)))
     try:
-        runner = hydra.utils.get_method(cfg.stage.get("runner") or DEFAULT_RUNNER)
-        summary = runner(cfg)
+        summary = run_stage(cfg)
     except Exception as error:
         usage = usage_error(error)
         if usage is None:

@@ -2,7 +2,8 @@
 
     write_json(path, obj) / write_text(path, text)   one file: a temp file beside it, fsync, rename, fsync the dir
     atomic_directory(path)      a context yielding a temp directory beside `path`; on success it replaces `path`
-    AtomicCheckpointIO()        Lightning's checkpoint plugin, saving checkpoints the same way
+    atomic_file(path)           a file written beside its target, fsynced and renamed over it (mimovl.fit.checkpoint
+                                saves Lightning checkpoints with it)
     resume_point(path)          the checkpoint a run resumes from and its step; a UsageError when it is unreadable
     run_lock(output_dir)        one run at a time per output directory (<output_dir>/run.lock)
 
@@ -27,8 +28,6 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import torch
-from fsspec.utils import get_protocol
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from mimovl.errors import UsageError
@@ -47,7 +46,7 @@ _UMASK = _umask()  # read once, at import: os.umask can only be read by setting 
 
 def write_text(path: str | Path, text: str) -> Path:
     """Writes `text` to `path` atomically; returns `path`."""
-    with _atomic_file(path, "w") as f:
+    with atomic_file(path, "w") as f:
         f.write(text)
     return Path(path)
 
@@ -59,7 +58,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 @contextmanager
-def _atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """A file object to write `path`'s new contents into; `path` is replaced only when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,18 +108,6 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint plugin, saving into a temp file beside the checkpoint (fsync, rename), so
-    `last.ckpt` is always the previous complete checkpoint or the new complete one, whatever $TMPDIR is.
-    Remote paths (s3://...) keep Lightning's own save. Pass it as `Trainer(plugins=[AtomicCheckpointIO()])`."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None or get_protocol(str(path)) != "file":
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        with _atomic_file(path) as f:
-            torch.save(checkpoint, f)
 
 
 class Resume(NamedTuple):

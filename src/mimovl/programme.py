@@ -20,11 +20,23 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mimovl.cli import DEFAULT_RUNNER
 from mimovl.errors import UsageError
 from mimovl.outputs import write_json
 
 log = logging.getLogger(__name__)
+DEFAULT_RUNNER = "mimovl.train.run"  # what runs a stage whose YAML names no `stage.runner`
+
+
+def run_stage(cfg: DictConfig) -> dict:
+    """Runs `cfg.stage.runner` (training by default) and returns its summary; with `stage.prepare`, first the
+    stages before it whose exports are missing (`prepare_previous`)."""
+    if cfg.stage.get("prepare"):
+        prepare_previous(cfg)
+    return _runner(cfg)(cfg)
+
+
+def _runner(cfg: DictConfig):
+    return hydra.utils.get_method(cfg.stage.get("runner") or DEFAULT_RUNNER)
 
 
 def run_all(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
@@ -45,8 +57,7 @@ def run_all(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             print(f"[mimovl] all: {name} is done ({summary_path}); skipping it")
         else:
             print(f"[mimovl] all: running {name}")
-            runner = hydra.utils.get_method(stage_cfg.stage.get("runner") or DEFAULT_RUNNER)
-            runner(stage_cfg)
+            _runner(stage_cfg)(stage_cfg)
         done[name] = json.loads(summary_path.read_text())
     summary = programme_summary(done)
     output_dir = Path(cfg.paths.output_dir)
@@ -73,7 +84,7 @@ def prepare_previous(cfg: DictConfig, overrides: list[str] | None = None) -> Non
           "instead); the next run reuses it")
     for stage_cfg in chain:
         print(f"[mimovl] {cfg.stage.name}: preparing {stage_cfg.stage.name}")
-        hydra.utils.get_method(stage_cfg.stage.get("runner") or DEFAULT_RUNNER)(stage_cfg)
+        _runner(stage_cfg)(stage_cfg)
 
 
 def missing_chain(cfg: DictConfig, overrides: list[str] | None = None) -> list[DictConfig]:

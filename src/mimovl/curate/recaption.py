@@ -3,9 +3,9 @@
     python -m mimovl.curate recaption --input 'data/cap-*.tar' --out 'cur/recap/cap-%06d.tar' --model DIR \
         [--prompt "Describe this image."] [--max-new-tokens 128] [--batch-size 32] [--config filter.yaml]
 
-The model runs in the project's vLLM wrapper (mimovl.rl.rollout.VLLMRollout over DIR, any Qwen2.5-VL-format
+The model runs in the project's vLLM wrapper (mimovl.generate.engines.VLLMRollout over DIR, any Qwen2.5-VL-format
 export), greedy, one prompt per caption sample with exactly one image: a user turn holding the image and
---prompt, built as a mimovl.rl.prompts.Prompt. Any object with the engine's
+--prompt, built as a mimovl.generate.prompts.Prompt. Any object with the engine's
 `generate(prompts, sampling, processor)` serves (tests pass a small fake one).
 A new caption replaces the sample's text parts (meta["original_caption"] keeps the old text) unless it is
 empty, stopped at --max-new-tokens, or fails the filter step's repetition checks (repeated_ngrams,
@@ -23,8 +23,8 @@ from mimovl.curate.runner import Item, Report, Step
 from mimovl.curate.textfilter import FilterConfig, repetition_problem
 from mimovl.data.schema import image, text
 from mimovl.errors import UsageError
-from mimovl.rl.prompts import Prompt
-from mimovl.rl.rollout import Sampling
+from mimovl.generate.prompts import Prompt
+from mimovl.generate.engines import Sampling
 
 DEFAULT_PROMPT = "Describe this image."
 
@@ -62,7 +62,7 @@ class Recaption(Step):
     def prepare(self, read) -> None:
         if self.engine is None:  # started here, not in __init__, so a finished run skips without starting it
             from mimovl.model.processor import load_processor
-            from mimovl.rl.rollout import VLLMRollout
+            from mimovl.generate.engines import VLLMRollout
 
             settings = {"limit_mm_per_prompt": {"image": 1}, **self.engine_settings}
             self.engine = VLLMRollout(self.model, **settings)

@@ -11,7 +11,7 @@ Before any worker starts, `check_rows_fit` reads a few samples of every source i
 import functools
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, IterableDataset
@@ -40,10 +40,12 @@ class PackedStream(IterableDataset):
 
 class TrainBatches:
     """Iterates a DataLoader for training: drops its first `skip` batches once (exact resume), then tags each
-    batch with the learned tokens of its accumulation window (`with_window_tokens`)."""
+    batch with its accumulation window's total (`window`: `with_window_tokens`, or pairs for reward models).
+    The one batch iterator of the cross-entropy and preference DataModules."""
 
-    def __init__(self, loader: DataLoader, accumulate: int, skip: int):
-        self.loader, self.accumulate, self.skip = loader, accumulate, skip
+    def __init__(self, loader: DataLoader, accumulate: int, skip: int,
+                 window: Callable[[Iterable[dict], int], Iterator[dict]] = with_window_tokens):
+        self.loader, self.accumulate, self.skip, self.window = loader, accumulate, skip, window
 
     def __iter__(self):
         # A generator, so the skip happens on the first batch drawn: Lightning calls iter() once just to
@@ -51,7 +53,7 @@ class TrainBatches:
         skip, self.skip = self.skip, 0
         if skip:
             log.info("resuming the data stream: skipping %d batches already trained on", skip)
-        yield from with_window_tokens(itertools.islice(iter(self.loader), skip, None), self.accumulate)
+        yield from self.window(itertools.islice(iter(self.loader), skip, None), self.accumulate)
 
 
 # Samples per source that check_rows_fit reads, and the share of them that must fit in a row.
@@ -59,20 +61,12 @@ PROBE_SAMPLES = 8
 MIN_FIT_SHARE = 0.25
 
 
-def sample_lengths(processor) -> Callable[[dict], tuple[int, int]]:
-    """(tokens, image and video tokens) of a sample as `PackedStream` packs it."""
-    def lengths(sample: dict) -> tuple[int, int]:
-        encoded = encode(sample, processor)
-        return len(encoded), int((encoded.mm_token_type_ids > 0).sum())
-    return lengths
-
-
 def check_rows_fit(sources: dict, seq_len: int, lengths: Callable[[dict], tuple[int, int]], **stream_args) -> None:
     """A UsageError when fewer than MIN_FIT_SHARE of a source's first PROBE_SAMPLES samples fit in a packed row
     of seq_len tokens: training would drop (nearly) all of that source as too long, and would only say so after
     MAX_TOO_LONG_IN_A_ROW samples, from inside a DataLoader worker. Run in the main process before training.
 
-    `lengths(sample)` gives (tokens, image and video tokens) of a sample as packed (`sample_lengths`). Every
+    `lengths(sample)` gives (tokens, image and video tokens) of a sample as packed (`ShardDataModule.lengths`). Every
     rank reads the same samples (the rank-0 split of a single pass), so all ranks reach the same verdict.
     Logs a warning when some of the probed samples do not fit.
     """
@@ -132,24 +126,34 @@ class ShardDataModule(pl.LightningDataModule):
         if self.generate:
             ensure_synthetic(self.root, **self.generate)
 
-    def train_dataloader(self) -> "TrainBatches":
+    def train_dataloader(self) -> TrainBatches:
         sources = {
             name: {"urls": self.sources[name], "weight": weight}
             for name, weight in self.mix.items() if weight > 0
         }
-        check_rows_fit(sources, self.seq_len, sample_lengths(self.processor), video_fps=self.video_fps,
-                       max_frames=self.max_frames)
-        dataset = PackedStream(
-            sources, self.processor, self.seq_len, self.pack_buffer, seed=self.seed,
-            shuffle_buffer=self.shuffle_buffer, video_fps=self.video_fps, max_frames=self.max_frames,
-        )
-        pad_id = self.processor.tokenizer.pad_token_id
+        check_rows_fit(sources, self.seq_len, self.lengths, video_fps=self.video_fps, max_frames=self.max_frames)
         loader = DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-            collate_fn=functools.partial(collate_rows, seq_len=self.seq_len, pad_id=pad_id),
+            self.dataset(sources), batch_size=self.batch_size, num_workers=self.num_workers,
+            collate_fn=functools.partial(self.collate, seq_len=self.seq_len,
+                                         pad_id=self.processor.tokenizer.pad_token_id),
             persistent_workers=False,
         )
-        return TrainBatches(loader, self.trainer.accumulate_grad_batches, self.batches_to_skip)
+        return TrainBatches(loader, self.trainer.accumulate_grad_batches, self.batches_to_skip, self.window)
+
+    # What a subclass swaps (PreferenceDataModule: rows of whole pairs, counted in pairs).
+    collate = staticmethod(collate_rows)
+    window = staticmethod(with_window_tokens)
+
+    def dataset(self, sources: dict) -> IterableDataset:
+        """The packed-row stream of `sources` ({name: {urls, weight}})."""
+        return PackedStream(sources, self.processor, self.seq_len, self.pack_buffer, seed=self.seed,
+                            shuffle_buffer=self.shuffle_buffer, video_fps=self.video_fps,
+                            max_frames=self.max_frames)
+
+    def lengths(self, sample: dict) -> tuple[int, int]:
+        """(tokens, image and video tokens) of a sample as `dataset` packs it (`check_rows_fit`)."""
+        encoded = encode(sample, self.processor)
+        return len(encoded), int((encoded.mm_token_type_ids > 0).sum())
 
     def state_dict(self) -> dict:
         trainer = self.trainer

@@ -18,6 +18,9 @@ VIDEO_PLACEHOLDER = "<|vision_start|><|video_pad|><|vision_end|>"
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
 END_OF_TURN = "<|im_end|>"
 END_OF_DOCUMENT = "<|endoftext|>"
+# Values of `mm_token_type_ids`, as Qwen2.5-VL's processor writes them and `encode` keeps them: which positions
+# are text, image patches or video patches (the packed forward places the vision features by them).
+TEXT, IMAGE, VIDEO = 0, 1, 2
 
 
 @dataclass(eq=False)  # identity comparison: tensors have no single truth value

@@ -2,13 +2,13 @@
 
 A packed row holds several whole samples back to back; `segment_ids` numbers them 1, 2, ... and marks the
 padding at the end with 0. The model never lets one sample attend to another and gives each sample its own
-MRoPE positions (`mimovl.stages.packed`), so a packed row computes exactly what its samples compute one by
+MRoPE positions (`mimovl.model.packed`), so a packed row computes exactly what its samples compute one by
 one. A sample longer than the row is dropped and counted, never cut: a cut through an image's tokens breaks it.
 """
 
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -153,12 +153,24 @@ def flat_counts(counts: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def with_window_tokens(batches: Iterable[dict], accumulate: int) -> Iterator[dict]:
-    """Adds `window_tokens` to each batch: the learned tokens of all `accumulate` batches that make up its
-    optimizer step (its gradient-accumulation window), so every micro-batch can weigh its loss by tokens."""
+def learned_tokens(batch: dict) -> int:
+    """The positions a batch learns from (targets other than IGNORE)."""
+    return int((batch["targets"] != IGNORE).sum())
+
+
+def with_window(batches: Iterable[dict], accumulate: int, name: str = "window_tokens",
+                count: Callable[[dict], int] = learned_tokens) -> Iterator[dict]:
+    """Adds `name` to each batch: the total of `count` over all `accumulate` batches that make up its optimizer
+    step (its gradient-accumulation window), so every micro-batch can weigh its loss by the step's total: learned
+    tokens for cross-entropy, pairs for a reward model."""
     batches = iter(batches)
     while window := list(itertools.islice(batches, accumulate)):
-        total = torch.tensor(sum(int((b["targets"] != IGNORE).sum()) for b in window))
+        total = torch.tensor(sum(count(b) for b in window))
         for batch in window:
-            batch["window_tokens"] = total
+            batch[name] = total
             yield batch
+
+
+def with_window_tokens(batches: Iterable[dict], accumulate: int) -> Iterator[dict]:
+    """`with_window` of learned tokens (`window_tokens`)."""
+    return with_window(batches, accumulate)

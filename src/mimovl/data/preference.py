@@ -7,23 +7,20 @@ are packed whole, chosen first, so in each row segments (1, 2), (3, 4), ... are 
 every odd sequence of a batch is a chosen answer and the next one its rejected twin.
 """
 
-import functools
-import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
 
-from mimovl.data.datamodule import PackedStream, ShardDataModule, check_rows_fit
+from mimovl.data.datamodule import PackedStream, ShardDataModule
 from mimovl.data.encode import END_OF_TURN, Encoded, encode
-from mimovl.data.packing import Row, collate_rows, pack_rows
+from mimovl.data.packing import Row, collate_rows, pack_rows, with_window
+from mimovl.data.schema import MODALITIES
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("vision", "text")  # vision: every pair (images, videos and text); text: text-only pairs
 # Samples in a row that the modality filter drops before the stream is declared empty of usable pairs.
 MAX_FILTERED_IN_A_ROW = 10_000
 
@@ -121,28 +118,13 @@ class PairStream(PackedStream):
         return pack_rows(self.pairs(), self.seq_len, self.pack_buffer)
 
 
+def pairs_in(batch: dict) -> int:
+    return int(batch["pairs"])
+
+
 def with_window_pairs(batches: Iterable[dict], accumulate: int) -> Iterator[dict]:
-    """Adds `window_pairs` to each batch: the pairs of all `accumulate` batches of its optimizer step."""
-    batches = iter(batches)
-    while window := list(itertools.islice(batches, accumulate)):
-        total = torch.tensor(sum(int(b["pairs"]) for b in window))
-        for batch in window:
-            batch["window_pairs"] = total
-            yield batch
-
-
-class PairBatches:
-    """A training DataLoader of pair batches: skips `skip` batches once (exact resume), adds `window_pairs`."""
-
-    def __init__(self, loader: DataLoader, accumulate: int, skip: int):
-        self.loader, self.accumulate, self.skip = loader, accumulate, skip
-
-    def __iter__(self):
-        # A generator, so the skip happens on the first batch drawn (Lightning calls iter() once to check).
-        skip, self.skip = self.skip, 0
-        if skip:
-            log.info("resuming the preference stream: skipping %d batches already trained on", skip)
-        yield from with_window_pairs(itertools.islice(iter(self.loader), skip, None), self.accumulate)
+    """`with_window` of pairs (`window_pairs`): the pairs of all `accumulate` batches of its optimizer step."""
+    return with_window(batches, accumulate, "window_pairs", pairs_in)
 
 
 class PreferenceDataModule(ShardDataModule):
@@ -159,25 +141,14 @@ class PreferenceDataModule(ShardDataModule):
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         self.modality = modality
 
-    def train_dataloader(self) -> PairBatches:
-        sources = {
-            name: {"urls": self.sources[name], "weight": weight}
-            for name, weight in self.mix.items() if weight > 0
-        }
-        check_rows_fit(sources, self.seq_len, self._pair_lengths, video_fps=self.video_fps,
-                       max_frames=self.max_frames)
-        dataset = PairStream(
-            sources, self.processor, self.seq_len, self.pack_buffer, self.modality, seed=self.seed,
-            shuffle_buffer=self.shuffle_buffer, video_fps=self.video_fps, max_frames=self.max_frames,
-        )
-        pad_id = self.processor.tokenizer.pad_token_id
-        loader = DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=False,
-            collate_fn=functools.partial(collate_pairs, seq_len=self.seq_len, pad_id=pad_id),
-        )
-        return PairBatches(loader, self.trainer.accumulate_grad_batches, self.batches_to_skip)
+    collate = staticmethod(collate_pairs)
+    window = staticmethod(with_window_pairs)
 
-    def _pair_lengths(self, sample: dict) -> tuple[int, int]:
+    def dataset(self, sources: dict) -> PairStream:
+        return PairStream(sources, self.processor, self.seq_len, self.pack_buffer, self.modality, seed=self.seed,
+                          shuffle_buffer=self.shuffle_buffer, video_fps=self.video_fps, max_frames=self.max_frames)
+
+    def lengths(self, sample: dict) -> tuple[int, int]:
         """(tokens, image and video tokens) of a sample's pair as `PairStream` packs it (`check_rows_fit`)."""
         pair = encode_pair(sample, self.processor)
         media = sum(int((e.mm_token_type_ids > 0).sum()) for e in (pair.chosen, pair.rejected))

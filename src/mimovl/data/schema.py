@@ -57,6 +57,8 @@ SAMPLE_TYPES = (
 )
 DOCUMENT_TYPES = frozenset({"caption", "interleaved", "text"})
 PART_TYPES = ("text", "image", "video")
+# What a reward model reads: "vision" samples show images or videos, "text" ones do not.
+MODALITIES = ("vision", "text")
 STORED_FIELDS = ("key", "type", "messages", "images", "videos", "meta")
 
 _KEY = re.compile(r"[^./\s]+")
@@ -191,3 +193,13 @@ def _check_media(key: str, sample: dict) -> None:
             raise ValueError(f"{key}: video fps must be positive")
         if any(not isinstance(f, Image.Image) or f.mode != "RGB" for f in v["frames"]):
             raise ValueError(f"{key}: video frames must be RGB PIL images")
+
+
+# A multiple-choice answer as an option letter, however it is written.
+_LETTER_ONLY = re.compile(r"\s*\(?\s*([A-Za-z])\s*\)?\s*[.:)]?\s*")
+
+
+def as_letter(text: str) -> str | None:
+    """The option letter when the whole text is one ("B", "b", "(B)", "B.", "B)"), upper-cased; else None."""
+    match = _LETTER_ONLY.fullmatch(text)
+    return None if match is None else match.group(1).upper()

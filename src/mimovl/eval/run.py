@@ -19,14 +19,12 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from mimovl.errors import UsageError
-from mimovl.eval.score import generate_and_score, sums_by_kind
+from mimovl.fit.loggers import build_loggers, close_loggers, report_loggers
+from mimovl.generate.engines import Sampling
+from mimovl.generate.score import build_router, generate_and_score, sums_by_kind
 from mimovl.model.export import export_hf
+from mimovl.model.start import build_model, describe_start, resolve_init
 from mimovl.outputs import write_json
-from mimovl.rewards.router import RewardRouter
-from mimovl.rl.rollout import Sampling
-from mimovl.train import (
-    build_loggers, build_model, close_loggers, describe_start, report_loggers, resolve_init,
-)
 
 log = logging.getLogger(__name__)
 # What each task's mean reward measures (summary.json's `metrics`).
@@ -52,9 +50,8 @@ def evaluate(cfg: DictConfig) -> dict:
     data = hydra.utils.instantiate(stage.datamodule, processor=processor, _convert_="all")
     data.prepare_data()
     reward = cfg.reward
-    router = RewardRouter.from_config(reward.models, reward.timeout, reward.retries)
-    data.accept = router.can_score
-    prompts = data.heldout()
+    router = build_router(reward.models, reward.timeout, reward.retries)
+    prompts = data.heldout(router.can_score)
     if not prompts:
         raise UsageError(f"stage.mix={stage.mix} selects no held-out prompts from "
                          f"data.heldout={dict(cfg.data.heldout)}: name held-out shards there")

@@ -11,7 +11,7 @@ math a string (LaTeX allowed), multiple_choice a letter, counting an int, ground
 the true box [x1, y1, x2, y2] in absolute pixels, temporal_grounding [start_seconds, end_seconds]. The two
 grounding verifiers (SIZED_TASKS) also take `image_size=(width, height)`: boxes are then clipped to the image
 and a point off it scores 0 (mimovl.rewards.grounding).
-Importing this package imports torch and sympy and warms math-verify (a few seconds), so no call pays for it.
+Importing this package is cheap: math-verify (and sympy) load and warm up at the first math reward (~1 s).
 `math` forks a child process per call, killed after 3 s (see mimovl.rewards.mathverify for why).
 """
 

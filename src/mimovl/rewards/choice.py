@@ -7,7 +7,8 @@ one (the rule: parse.choice_letter). The gold is a letter, optionally as "(B)" o
 from __future__ import annotations
 
 from mimovl.rewards.guard import guarded
-from mimovl.rewards.parse import as_letter, choice_letter, final_answer
+from mimovl.data.schema import as_letter
+from mimovl.rewards.parse import choice_letter, final_answer
 
 
 @guarded

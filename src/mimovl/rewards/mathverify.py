@@ -15,9 +15,8 @@ raise ValueError off the main thread, and even on it they cannot interrupt big-i
 
 from __future__ import annotations
 
+import functools
 import re
-
-from math_verify import parse, verify
 
 from mimovl.rewards.guard import alarm_is_free, bounded, guarded
 from mimovl.rewards.parse import final_answer, last_boxed
@@ -52,12 +51,15 @@ def math_reward(response: str, answer) -> float:
     gold = str(answer)
     if "$" not in gold and "\\boxed" not in gold:
         gold = "\\boxed{" + gold + "}"
+    _warm()  # in this process, before the first fork
     return float(bounded(_equal, gold, pred, timeout_s=TIMEOUT_S))
 
 
 def _equal(gold: str, pred: str) -> bool:
     """math-verify's verdict; its signal-based timeouts only where they work and harm no one (alarm_is_free:
     always so in the child of `bounded`)."""
+    from math_verify import parse, verify  # here: importing math-verify (and sympy) takes seconds
+
     seconds = 1 if alarm_is_free() else None
     gold_parsed = parse(gold, parsing_timeout=seconds)
     pred_parsed = parse(pred, parsing_timeout=seconds)
@@ -79,11 +81,11 @@ def _tame(text: str) -> bool:
     return True
 
 
+@functools.cache
 def _warm() -> None:
-    """Run a few checks in this process, so that math-verify's parsers and caches and sympy's lazily imported
-    simplifiers are built before any fork: each child inherits them, and a check costs ~0.05 s, not 0.1-0.5 s."""
+    """Runs a few checks in this process, once, at the first math reward (~0.5 s), so that math-verify's parsers
+    and caches and sympy's lazily imported simplifiers are built before any fork: each child inherits them, and a
+    check costs ~0.05 s, not 0.1-0.5 s."""
     for gold, pred in [("1", "1"), ("x^2+1", "3"), ("\\{1,2\\}", "(1,2)"), ("x>1", "x=1")]:
         _equal("\\boxed{" + gold + "}", "\\boxed{" + pred + "}")
 
-
-_warm()  # ~0.5 s, once, at import

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from mimovl.data.schema import as_letter
+
 # Only the end of the answer is read: the final answer comes last, and this caps the cost of adversarial text.
 MAX_ANSWER_CHARS = 2000
 # What a reward model scores of a response: its last this many characters (about 2K tokens; response_tail).
@@ -32,7 +34,6 @@ _NUMBER_WORDS = {
 }
 _MAX_COUNT_DIGITS = 18
 # multiple choice: "(b)" in any case, or a capital letter that no letter, digit or apostrophe touches
-_LETTER_ONLY = re.compile(r"\s*\(?\s*([A-Za-z])\s*\)?\s*[.:)]?\s*")
 _OPTION = re.compile(r"\(([A-Za-z])\)|(?<![A-Za-z0-9'’])([A-Z])(?![A-Za-z0-9'’])")
 _ENGLISH_WORD = re.compile(r"\s+[a-z]")  # after "I" or "A": "I think", "A good guess" are words, not options
 
@@ -112,12 +113,6 @@ def last_int(text: str) -> int | None:
         if token.lower() in _NUMBER_WORDS:
             return _NUMBER_WORDS[token.lower()]
     return None
-
-
-def as_letter(text: str) -> str | None:
-    """The option letter when the whole text is one ("B", "b", "(B)", "B.", "B)"), upper-cased; else None."""
-    match = _LETTER_ONLY.fullmatch(text)
-    return None if match is None else match.group(1).upper()
 
 
 def choice_letter(text: str) -> str | None:

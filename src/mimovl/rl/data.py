@@ -1,9 +1,9 @@
-"""The prompt DataModule of the RL stage: batches of `Prompt`s from shard sources, and held-out prompts.
+"""The prompt DataModule of the RL stage: a stream of `Prompt`s from shard sources, and held-out prompts.
 
-Training batches are dicts {"prompts": k}; the rollout callback draws the k prompts (`draw(k)`) when the step
-starts and turns them into a training batch; it draws more from the same stream to refill a batch whose groups
-dynamic sampling dropped. The stream is read in this process (no DataLoader workers): forking a worker
-after the in-process vLLM engine has started hangs the worker.
+Training batches are `RolloutRequest`s; the rollout callback draws the step's prompts (`draw(k, accept)`) when
+the step starts, runs the RL step on them (drawing more from the same stream to refill groups dynamic sampling
+dropped) and answers the request with it. The stream is read in this process (no DataLoader workers): forking a
+worker after the in-process vLLM engine has started hangs the worker.
 """
 
 import logging
@@ -15,26 +15,42 @@ import lightning.pytorch as pl
 from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import ensure_synthetic
 from mimovl.errors import UsageError
-from mimovl.rl.prompts import Prompt, to_prompt
+from mimovl.generate.prompts import Prompt, to_prompt
 
 log = logging.getLogger(__name__)
 
 
-class PromptBatches:
-    """Iterates {"prompts": k} batches (infinite): each asks the rollout callback to draw k prompts when its
-    step starts.
+class RolloutRequest:
+    """One RL training batch: a request the rollout callback answers with the step's rollouts (`answer`) when
+    the step starts, and the module trains on (`rollout()`).
 
-    The prompts are drawn then, not here, because Lightning fetches the next batch before the current step runs:
-    prompts drawn at fetch time would come before the current step's refills in the stream, and a checkpoint
-    would count prompts that no step has trained on yet, so a resumed run would not see the same prompts.
+    The prompts are drawn then, not when Lightning fetches the batch: Lightning fetches the next batch before the
+    current step runs, so prompts drawn at fetch time would come before the current step's refills in the
+    stream, a checkpoint would count prompts no step has trained on yet, and the rollouts would come from the
+    policy of one update before.
     """
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self):
+        self._step = None
+
+    def answer(self, step) -> None:
+        """Called once per request, by the rollout callback, with the step's `mimovl.rl.step.Step`."""
+        self._step = step
+
+    def rollout(self):
+        """The `Step` this request was answered with."""
+        if self._step is None:
+            raise RuntimeError("no rollouts for this batch: stage=rl needs the rollout callback "
+                               "(stage.callbacks.rollout, mimovl.rl.callback.RolloutCallback)")
+        return self._step
+
+
+class PromptBatches:
+    """Iterates `RolloutRequest`s (infinite), one per step."""
 
     def __iter__(self):
         while True:
-            yield {"prompts": self.size}
+            yield RolloutRequest()
 
 
 class PromptDataModule(pl.LightningDataModule):
@@ -66,8 +82,7 @@ class PromptDataModule(pl.LightningDataModule):
         self.seed, self.shuffle_buffer, self.video_fps, self.max_frames = seed, shuffle_buffer, video_fps, max_frames
         self.root, self.generate, self.heldout_generate = root, generate, heldout_generate
         self.processor = processor  # the policy's processor; the rollout callback templates prompts with it
-        self.accept: Callable[[Prompt], bool] = lambda prompt: True  # set by the rollout callback
-        self.consumed = 0  # prompts drawn so far (checkpointed: a resumed run skips them)
+        self.consumed = 0  # prompts read from the stream so far (checkpointed: a resumed run skips them)
         self.rejected = Counter()  # prompts skipped because nothing could score them, by kind
         self._prompts: Iterator[Prompt] | None = None
 
@@ -78,32 +93,33 @@ class PromptDataModule(pl.LightningDataModule):
             ensure_synthetic(self.root, split="heldout", **self.heldout_generate)
 
     def train_dataloader(self) -> PromptBatches:
-        return PromptBatches(self.prompts_per_step)
+        return PromptBatches()
 
     def _stream(self) -> Iterator[Prompt]:
         samples = mixed_stream(self.sources, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
                                video_fps=self.video_fps, max_frames=self.max_frames)
-        for sample in samples:
-            prompt = to_prompt(sample)
-            if prompt is None:
-                continue
-            if not self.accept(prompt):
-                self.rejected[prompt.kind] += 1
-                continue
-            yield prompt
+        return (prompt for prompt in map(to_prompt, samples) if prompt is not None)
 
-    def draw(self, k: int) -> list[Prompt]:
-        """The next `k` prompts of the stream."""
+    def draw(self, k: int, accept: Callable[[Prompt], bool] = lambda prompt: True) -> list[Prompt]:
+        """The next `k` prompts of the stream that `accept` takes (the router's `can_score`: a prompt nothing
+        can score is skipped and counted in `rejected`)."""
         if self._prompts is None:
             self._prompts = self._stream()
             for _ in range(self.consumed):  # exact resume: the stream is deterministic per seed and rank
                 next(self._prompts)
-        prompts = [next(self._prompts) for _ in range(k)]
-        self.consumed += k
+        prompts = []
+        while len(prompts) < k:
+            prompt = next(self._prompts)
+            self.consumed += 1
+            if accept(prompt):
+                prompts.append(prompt)
+            else:
+                self.rejected[prompt.kind] += 1
         return prompts
 
-    def heldout(self) -> list[Prompt]:
-        """Up to `heldout_per_kind` prompts of each kind from the held-out sources (this rank's share)."""
+    def heldout(self, accept: Callable[[Prompt], bool] = lambda prompt: True) -> list[Prompt]:
+        """Up to `heldout_per_kind` prompts of each kind that `accept` takes from the held-out sources (this
+        rank's share)."""
         if not self.heldout_sources:
             return []
         samples = mixed_stream(self.heldout_sources, seed=self.seed, shuffle_buffer=0, resample=False,
@@ -111,7 +127,7 @@ class PromptDataModule(pl.LightningDataModule):
         kept, per_kind = [], Counter()
         for sample in samples:
             prompt = to_prompt(sample)
-            if prompt is None or not self.accept(prompt) or per_kind[prompt.kind] >= self.heldout_per_kind:
+            if prompt is None or not accept(prompt) or per_kind[prompt.kind] >= self.heldout_per_kind:
                 continue
             per_kind[prompt.kind] += 1
             kept.append(prompt)

@@ -51,7 +51,7 @@ class EasyPool:
         return {"prompts": [prompt.to_state() for prompt in self.prompts], "rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict) -> None:
-        from mimovl.rl.prompts import Prompt
+        from mimovl.generate.prompts import Prompt
 
         self.prompts = [Prompt.from_state(p) for p in state["prompts"]]
         self.rng.setstate(state["rng"])

@@ -1,28 +1,28 @@
-"""The RL stage's LightningModule: GRPO updates on batches the rollout callback prepares.
+"""The RL stage's LightningModule: GRPO updates on the step the rollout callback answers each request with.
 
-`mimovl.rl.callback.RolloutCallback` turns each batch of prompts into packed rollouts with per-token
-advantages and aggregation weights; this module computes log-probabilities of the sampled tokens and takes
-`epochs x minibatches` optimizer steps on them (one by default: the report's fully on-policy update). It
-optimizes manually because one batch may take several optimizer steps.
+Each batch is a `RolloutRequest`; `mimovl.rl.callback.RolloutCallback` runs the RL step (`mimovl.rl.step`) when
+the training step starts and answers the request with its packed rollouts (per-token advantages and aggregation
+weights). This module computes log-probabilities of the sampled tokens and takes `epochs x minibatches`
+optimizer steps on them (one by default: the report's fully on-policy update). It optimizes manually because one
+batch may take several optimizer steps.
 """
 
 import copy
 import time
 
-import lightning.pytorch as pl
 import torch
 from transformers import get_constant_schedule_with_warmup
 
 from mimovl.data.encode import IGNORE
-from mimovl.model.export import export_hf
-from mimovl.model.parts import check_lr, param_groups, set_trainable
+from mimovl.metrics import finite_or_none
+from mimovl.model.packed import PackedVLM, token_losses
+from mimovl.model.parts import param_groups
+from mimovl.rl.data import RolloutRequest
 from mimovl.rl.grpo import LossConfig, policy_loss
-from mimovl.stages.finite import finite_or_none
-from mimovl.stages.packed import PackedVLM, token_losses
-from mimovl.stages.sharding import shard_model
+from mimovl.stages.base import StageModule
 
 
-class GRPOModule(pl.LightningModule):
+class GRPOModule(StageModule):
     """GRPO on a Qwen2.5-VL policy.
 
     Args:
@@ -39,40 +39,24 @@ class GRPOModule(pl.LightningModule):
                  temperature: float = 1.0, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
                  warmup_steps: int = 0, gradient_clip_val: float | None = 1.0,
                  activation_checkpointing: bool = False):
-        super().__init__()
-        check_lr(trainable, lr)
+        super().__init__(PackedVLM(model.train()), trainable, lr, activation_checkpointing)
         self.save_hyperparameters(ignore=["model"])
         self.automatic_optimization = False
         self.loss_config = LossConfig(**(loss or {}))
         self.gradient_clip_val = gradient_clip_val
-        self.net = PackedVLM(model.train())
-        set_trainable(model, list(trainable))
         # The frozen starting policy, only when the KL term needs it.
         self.reference = None
         if self.loss_config.kl_coef:
             self.reference = PackedVLM(copy.deepcopy(model).eval().requires_grad_(False))
-        if activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.loss_history: list[float] = []
-        self.rewards: dict[str, dict | None] = {"before": None, "after": None}  # held-out, set by the callback
-        self.rollout_timings: dict = {}
-
-    @property
-    def model(self):
-        """The policy being trained."""
-        return self.net.hf
 
     @property
     def updates_per_batch(self) -> int:
         """Optimizer steps per rollout batch (train.py scales max_steps by it)."""
         return self.loss_config.epochs * self.loss_config.minibatches
 
-    def configure_model(self) -> None:
-        if self.device_mesh is not None:
-            param_dtype = torch.bfloat16 if self.trainer.strategy.root_device.type == "cuda" else None
-            shard_model(self.net, self.device_mesh["data_parallel"], param_dtype)
-            if self.reference is not None:
-                shard_model(self.reference, self.device_mesh["data_parallel"], param_dtype)
+    @property
+    def sharded(self) -> list[torch.nn.Module]:
+        return [self.net] + ([self.reference] if self.reference is not None else [])
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(param_groups(self.model, dict(self.hparams.lr), self.hparams.weight_decay),
@@ -86,9 +70,9 @@ class GRPOModule(pl.LightningModule):
         logits = net(batch, learned) / self.hparams.temperature
         return -token_losses(logits, batch["targets"][learned])
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def training_step(self, batch: RolloutRequest, batch_idx: int) -> None:
         start = time.perf_counter()
-        minibatches = batch["minibatches"]
+        minibatches = batch.rollout().minibatches
         config = self.loss_config
         # The sampling policy's log-probabilities: needed once a minibatch is revisited after an update.
         old = [None] * len(minibatches)
@@ -115,7 +99,7 @@ class GRPOModule(pl.LightningModule):
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()))
-        self.loss_history.append(finite_or_none(sum(losses) / len(losses)))  # None: a step NonFiniteGuard skipped
+        self.history["loss"].append(finite_or_none(sum(losses) / len(losses)))  # None: a step NonFiniteGuard skipped
         self.log("train/loss", sum(losses) / len(losses), prog_bar=True, batch_size=1)
         for name, value in stats.items():
             self.log(f"train/{name}", value, batch_size=1)
@@ -124,34 +108,9 @@ class GRPOModule(pl.LightningModule):
         self.log("time/train", time.perf_counter() - start, batch_size=1)
 
     def summary(self) -> dict:
-        """summary.json figures: losses and the held-out reward per task before and after RL."""
-        before, after = self.rewards["before"] or {}, self.rewards["after"] or {}
-        finite = [loss for loss in self.loss_history if loss is not None]
-        return {
-            "first_loss": finite[0] if finite else None,
-            "last_loss": finite[-1] if finite else None,
-            "loss_history": self.loss_history,
-            "reward_before": before,
-            "reward_after": after,
-            "mean_reward_before": _mean(before),
-            "mean_reward_after": _mean(after),
-        }
+        """summary.json figures: the loss per rollout step (the held-out rewards are the rollout callback's)."""
+        return self.loss_summary()
 
     def headline(self) -> str:
-        summary = self.summary()
-        return f"held-out reward {summary['mean_reward_before']} -> {summary['mean_reward_after']}"
-
-    def export(self, directory, processor, state_dict: dict) -> None:
-        export_hf(self.model, processor, directory, state_dict=state_dict)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mimovl"] = {"loss_history": self.loss_history, "rewards": self.rewards}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("mimovl", {})
-        self.loss_history = list(state.get("loss_history", []))
-        self.rewards.update(state.get("rewards", {}))
-
-
-def _mean(values: dict) -> float | None:
-    return sum(values.values()) / len(values) if values else None
+        summary = self.loss_summary()
+        return f"loss {summary['first_loss']} -> {summary['last_loss']}"

@@ -1,7 +1,6 @@
-"""What the cross-entropy and reward-model stages share: the warm-up + cosine schedule, and sums over ranks."""
+"""The warm-up + cosine schedule of the cross-entropy and reward-model stages."""
 
 import torch
-import torch.distributed as dist
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 
@@ -13,11 +12,3 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: fl
         optimizer, num_warmup_steps=int(warmup_ratio * steps), num_training_steps=steps, min_lr_rate=min_lr_ratio,
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def global_sum(value: torch.Tensor) -> torch.Tensor:
-    """`value` summed over all ranks (a copy; itself when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-    return value

@@ -7,22 +7,19 @@ accumulation window. So one process with batch 2B, two processes with batch B an
 batches of B all compute the same update.
 """
 
-import lightning.pytorch as pl
 import torch
 
 from mimovl.data.encode import IGNORE
 from mimovl.data.packing import add_counts, dropped_counts, flat_counts
 from mimovl.data.schema import SAMPLE_TYPES
-from mimovl.model.export import export_hf
-from mimovl.model.parts import check_lr, param_groups, set_trainable
-from mimovl.stages.finite import finite_or_none
-from mimovl.stages.optim import global_sum, warmup_cosine
-from mimovl.stages.packed import PackedVLM, token_losses
-from mimovl.stages.sharding import shard_model
-from mimovl.stages.sparse import log_present
+from mimovl.metrics import finite_or_none, global_sum, log_present
+from mimovl.model.packed import PackedVLM, token_losses
+from mimovl.model.parts import param_groups
+from mimovl.stages.base import StageModule
+from mimovl.stages.optim import warmup_cosine
 
 
-class PretrainModule(pl.LightningModule):
+class PretrainModule(StageModule):
     """Next-token cross-entropy on packed batches from `mimovl.data.datamodule`.
 
     Args:
@@ -46,31 +43,13 @@ class PretrainModule(pl.LightningModule):
         min_lr_ratio: float = 0.1,
         activation_checkpointing: bool = False,
     ):
-        super().__init__()
-        check_lr(trainable, lr)
+        # train(): from_pretrained returns eval mode. The history is the global mean loss per optimizer step; the
+        # data counters are global (positions trained on, real tokens among them, corrupt and too-long samples
+        # skipped, skips by reason, shard read errors). Both are kept in checkpoints.
+        super().__init__(PackedVLM(model.train()), trainable, lr, activation_checkpointing,
+                         data_counts={"skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0, **dropped_counts()})
         self.save_hyperparameters(ignore=["model"])
-        self.net = PackedVLM(model.train())  # train(): from_pretrained returns eval mode
-        # Global mean loss per optimizer step and global data counters (positions trained on, real tokens among
-        # them, corrupt and too-long samples skipped, skips by reason, shard read errors); kept in checkpoints so
-        # a resumed run reports the whole run.
-        self.loss_history: list[float] = []
         self._window_loss_sum, self._micro_batches = 0.0, 0  # the accumulation window in progress
-        self.data_counts = {"skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0, **dropped_counts()}
-        set_trainable(model, list(trainable))
-        if activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    @property
-    def model(self):
-        """The Qwen2.5-VL model being trained."""
-        return self.net.hf
-
-    def configure_model(self) -> None:
-        if self.device_mesh is not None:
-            # On GPUs compute in bfloat16 with float32 master weights; CPU runs stay float32. (The module is
-            # still on the CPU here: ask the strategy where it is going.)
-            param_dtype = torch.bfloat16 if self.trainer.strategy.root_device.type == "cuda" else None
-            shard_model(self.net, self.device_mesh["data_parallel"], param_dtype)
 
     def configure_optimizers(self):
         groups = param_groups(self.model, dict(self.hparams.lr), self.hparams.weight_decay)
@@ -104,7 +83,7 @@ class PretrainModule(pl.LightningModule):
         self._window_loss_sum += loss_sum
         self._micro_batches += 1
         if self._micro_batches == self.trainer.accumulate_grad_batches:
-            self.loss_history.append(finite_or_none(self._window_loss_sum / max(window, 1.0)))  # None: skipped
+            self.history["loss"].append(finite_or_none(self._window_loss_sum / max(window, 1.0)))  # None: skipped
             self._window_loss_sum, self._micro_batches = 0.0, 0
         self.data_counts = add_counts(self.data_counts, counts)
         for name, value in flat_counts(self.data_counts).items():
@@ -118,28 +97,8 @@ class PretrainModule(pl.LightningModule):
 
     def summary(self) -> dict:
         """This stage's figures for summary.json: losses per optimizer step and the data counters."""
-        history = self.loss_history
-        finite = [loss for loss in history if loss is not None]
-        return {
-            "first_loss": finite[0] if finite else None,
-            "last_loss": finite[-1] if finite else None,
-            "loss_history": history,
-            **self.data_counts,
-        }
+        return {**self.loss_summary(), **self.data_counts}
 
     def headline(self) -> str:
-        """One line for the end-of-run message."""
-        summary = self.summary()
+        summary = self.loss_summary()
         return f"loss {summary['first_loss']} -> {summary['last_loss']}"
-
-    def export(self, directory, processor, state_dict: dict) -> None:
-        """Writes the Qwen2.5-VL directory (`state_dict`: the full weights, gathered on every rank)."""
-        export_hf(self.model, processor, directory, state_dict=state_dict)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mimovl"] = {"loss_history": self.loss_history, "data_counts": self.data_counts}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("mimovl", {})
-        self.loss_history = list(state.get("loss_history", []))
-        self.data_counts.update(state.get("data_counts", {}))

@@ -9,16 +9,15 @@ Reported losses are the Bradley-Terry loss only; the pair accuracy is the share 
 r_chosen > r_rejected.
 """
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
 from mimovl.data.packing import add_counts, dropped_counts, flat_counts
-from mimovl.model.parts import check_lr, param_groups, set_trainable
+from mimovl.metrics import finite_or_none, global_sum
+from mimovl.model.parts import param_groups
 from mimovl.model.reward import RewardModel
-from mimovl.stages.optim import global_sum, warmup_cosine
-from mimovl.stages.finite import finite_or_none
-from mimovl.stages.sharding import shard_model
+from mimovl.stages.base import StageModule
+from mimovl.stages.optim import warmup_cosine
 
 
 def pair_losses(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -26,7 +25,7 @@ def pair_losses(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     return F.softplus(rejected.float() - chosen.float())
 
 
-class RewardModule(pl.LightningModule):
+class RewardModule(StageModule):
     """Bradley-Terry training of a reward model on batches from `PreferenceDataModule`.
 
     Args:
@@ -53,29 +52,19 @@ class RewardModule(pl.LightningModule):
         min_lr_ratio: float = 0.1,
         activation_checkpointing: bool = False,
     ):
-        super().__init__()
-        check_lr(trainable, lr)
+        # train(): from_pretrained returns eval mode. Per optimizer step: the global mean loss and pair accuracy;
+        # global data counters. Kept in checkpoints.
+        super().__init__(RewardModel(model.train(), modality), trainable, lr, activation_checkpointing,
+                         history=("loss", "accuracy"),
+                         data_counts={"pairs": 0, "skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0,
+                                      **dropped_counts()})
         self.save_hyperparameters(ignore=["model"])
-        self.net = RewardModel(model.train(), modality)  # train(): from_pretrained returns eval mode
-        # Per optimizer step: the global mean loss and pair accuracy; global data counters. Kept in checkpoints.
-        self.loss_history: list[float] = []
-        self.accuracy_history: list[float] = []
         self._window = [0.0, 0.0, 0]  # loss sum, correct pairs, micro-batches of the window in progress
-        self.data_counts = {"pairs": 0, "skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0,
-                            **dropped_counts()}
-        set_trainable(model, list(trainable))
-        if activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @property
     def model(self) -> RewardModel:
         """The reward model being trained (policy `hf` + `head`); `export` takes its full state dict."""
         return self.net
-
-    def configure_model(self) -> None:
-        if self.device_mesh is not None:
-            param_dtype = torch.bfloat16 if self.trainer.strategy.root_device.type == "cuda" else None
-            shard_model(self.net, self.device_mesh["data_parallel"], param_dtype)
 
     def configure_optimizers(self):
         groups = param_groups(self.net.hf, dict(self.hparams.lr), self.hparams.weight_decay)
@@ -114,8 +103,8 @@ class RewardModule(pl.LightningModule):
         """Adds the micro-batch to its window; at the window's end appends the step's loss and accuracy."""
         self._window = [self._window[0] + loss_sum, self._window[1] + correct, self._window[2] + 1]
         if self._window[2] == self.trainer.accumulate_grad_batches:
-            self.loss_history.append(finite_or_none(self._window[0] / max(window, 1.0)))  # None: skipped
-            self.accuracy_history.append(self._window[1] / max(window, 1.0))
+            self.history["loss"].append(finite_or_none(self._window[0] / max(window, 1.0)))  # None: skipped
+            self.history["accuracy"].append(self._window[1] / max(window, 1.0))
             self._window = [0.0, 0.0, 0]
         self.data_counts = add_counts(self.data_counts, counts)
         for name, value in flat_counts(self.data_counts).items():
@@ -123,12 +112,10 @@ class RewardModule(pl.LightningModule):
 
     def summary(self) -> dict:
         """This stage's figures for summary.json: Bradley-Terry loss and pair accuracy per optimizer step."""
-        losses, accuracy = self.loss_history, self.accuracy_history
+        accuracy = self.history["accuracy"]
         return {
             "modality": self.net.modality,
-            "first_loss": next((v for v in losses if v is not None), None),
-            "last_loss": next((v for v in reversed(losses) if v is not None), None),
-            "loss_history": losses,
+            **self.loss_summary(),
             "first_accuracy": accuracy[0] if accuracy else None,
             "last_accuracy": accuracy[-1] if accuracy else None,
             "accuracy_history": accuracy,
@@ -136,7 +123,6 @@ class RewardModule(pl.LightningModule):
         }
 
     def headline(self) -> str:
-        """One line for the end-of-run message."""
         s = self.summary()
         return (f"Bradley-Terry loss {s['first_loss']} -> {s['last_loss']}, "
                 f"pair accuracy {s['first_accuracy']} -> {s['last_accuracy']}")
@@ -144,13 +130,3 @@ class RewardModule(pl.LightningModule):
     def export(self, directory, processor, state_dict: dict) -> None:
         """Writes the reward model directory (`mimovl.model.reward`); `state_dict` is `self.model`'s, full."""
         self.net.save(directory, processor, state_dict)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mimovl"] = {"loss_history": self.loss_history, "accuracy_history": self.accuracy_history,
-                                "data_counts": self.data_counts}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("mimovl", {})
-        self.loss_history = list(state.get("loss_history", []))
-        self.accuracy_history = list(state.get("accuracy_history", []))
-        self.data_counts.update(state.get("data_counts", {}))

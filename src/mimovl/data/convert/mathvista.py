@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mimovl.data.convert.common import Counts, Skip, convert_rows, key_stem, load_image, need, read_rows
-from mimovl.data.schema import chat, image, text
+from mimovl.data.schema import as_letter, chat, image, text
 
 LETTERS = string.ascii_uppercase
 CHOICE_INSTRUCTION = "Answer with the option's letter."
@@ -67,9 +67,6 @@ def _sample(row: dict, key: str, media_root: Path) -> dict:
 
 
 def _gold_letter(answer: str, choices: list[str]) -> str:
-    # imported here: importing mimovl.rewards warms math-verify (seconds), and only letters need its parser
-    from mimovl.rewards.parse import as_letter
-
     if answer in choices:
         return LETTERS[choices.index(answer)]
     letter = as_letter(answer)

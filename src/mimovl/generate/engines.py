@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from mimovl.data.encode import encode_prompt, video_metadata
-from mimovl.rl.prompts import Prompt, prompt_text
+from mimovl.generate.prompts import Prompt, prompt_text
 
 log = logging.getLogger(__name__)
 

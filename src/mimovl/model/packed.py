@@ -8,9 +8,7 @@ to build and prove against this one, see the packing parity test).
 
 import torch
 
-from mimovl.data.encode import IGNORE
-
-IMAGE, VIDEO = 1, 2  # values of mm_token_type_ids
+from mimovl.data.encode import IGNORE, IMAGE, VIDEO
 
 
 def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -69,7 +67,7 @@ class PackedVLM(torch.nn.Module):
     and on a one-patch dummy image when the batch has none. Under FSDP2 every rank must make the same
     collective calls in the same order; transformers' own forward calls the tower once for images, again for
     videos and not at all for text-only batches, which deadlocks ranks whose batches differ in kind. This
-    module is the FSDP root (see `mimovl.stages.sharding`), so the vision tower and the embeddings run
+    module is the FSDP root (see `mimovl.model.sharding`), so the vision tower and the embeddings run
     inside one root forward.
     """
 

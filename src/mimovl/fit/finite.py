@@ -9,34 +9,17 @@ can still overflow a weight).
 """
 
 import logging
-import math
 
 import lightning.pytorch as pl
-import torch
-from torch.distributed.tensor import DTensor
 
 from mimovl.errors import UsageError
+from mimovl.metrics import all_finite
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(UsageError):
     """The loss or gradients stayed non-finite, or a weight became non-finite: nothing more is written."""
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def all_finite(tensors) -> bool:
-    """Whether every element of `tensors` (this rank's shards) is finite."""
-    flags = [torch.isfinite(_local(t)).all() for t in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
-
-
-def finite_or_none(value: float) -> float | None:
-    """`value`, or None when it is NaN or infinite (JSON has no NaN)."""
-    return value if math.isfinite(value) else None
 
 
 class NonFiniteGuard(pl.Callback):
@@ -86,3 +69,6 @@ class NonFiniteGuard(pl.Callback):
     def summary(self) -> dict:
         """summary.json's count of skipped steps."""
         return {"nonfinite_steps": self.skipped}
+
+    def headline(self) -> str:
+        return f"{self.skipped} non-finite steps skipped" if self.skipped else ""
