@@ -4,13 +4,15 @@ import warnings
 
 from lightning.pytorch.callbacks import ThroughputMonitor
 
+from mimovl.rl.data import RolloutRequest
+
 # FLOPs are not counted (no MFU from this monitor), so its notice that they are not is not news.
 warnings.filterwarnings("ignore", message="When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
 
 
-def _packed(batch: dict) -> list[dict]:
-    """The packed batches in a step's batch: itself, or an RL step's minibatches."""
-    return batch.get("minibatches", [batch])
+def _packed(batch) -> list[dict]:
+    """The packed batches of a step: the batch itself, or the minibatches an RL step answered its request with."""
+    return batch.rollout().minibatches if isinstance(batch, RolloutRequest) else [batch]
 
 
 def real_tokens(batch: dict) -> int:
