@@ -4,6 +4,7 @@ marker records the same arguments.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -41,27 +42,22 @@ def write_synthetic(
     return shards
 
 
-def ensure_synthetic(
-    root,
-    n_per_type: int = 256,
-    seed: int = 0,
-    image_size=(112, 112),
-    split: str = "train",
-    shard_size: int = 128,
-    types=SAMPLE_TYPES,
-) -> dict[str, list[str]]:
-    """write_synthetic unless root/{split} already holds a complete set written with the same arguments.
+def ensure_synthetic(root, split: str = "train", **settings) -> dict[str, list[str]]:
+    """`write_synthetic(root, split=split, **settings)` unless root/{split} already holds a complete set written
+    with the same settings.
 
     Safe to call from several processes at once: each writes into a private directory and renames it into
     place; the first rename wins.
     """
-    params = _params(n_per_type, seed, image_size, shard_size, types)
+    chosen = inspect.signature(write_synthetic).bind(root, split=split, **settings)
+    chosen.apply_defaults()
+    params = _params(*(chosen.arguments[k] for k in ("n_per_type", "seed", "image_size", "shard_size", "types")))
     out = Path(root) / split
     found = _read_done(out)
     if found is not None and found["params"] == params:
         return {t: [str(out / p) for p in ps] for t, ps in found["shards"].items()}
     tmp = Path(root) / f".tmp-{uuid.uuid4().hex}"
-    write_synthetic(tmp, n_per_type, seed, image_size, split, shard_size, types)
+    write_synthetic(tmp, split=split, **settings)
     if _read_done(out) != _read_done(tmp / split):  # else another process finished the same set meanwhile
         shutil.rmtree(out, ignore_errors=True)  # interrupted, or written with other arguments
         try:
