@@ -83,10 +83,13 @@ def test_programme_runs_every_training_stage_then_eval():
 @pytest.mark.parametrize("model", ["tiny", "hf", "mimo_vl_7b"])
 @pytest.mark.parametrize("stage", _options("stage"))
 def test_recipe_composes_on_every_stage_and_scale(stage, model):
-    cfg = _resolve(_compose("+recipe=mimo_vl", f"stage={stage}", f"model={model}"))
-    assert cfg["recipe"]["scale"] == ("tiny" if model == "tiny" else "paper")
+    cfg = _compose("+recipe=mimo_vl", f"stage={stage}", f"model={model}")
+    scale = "tiny" if model == "tiny" else "mimo_vl_7b"  # model=hf takes the 7B numbers
+    assert cfg.hydra.runtime.choices[f"recipe_values/mimo_vl/{scale}"] == stage
+    cfg = _resolve(cfg)
     if stage in TRAINING_STAGES:
-        assert cfg["stage"]["module"]["lr"] == cfg["recipe"]["stages"][stage]["lr"]
+        values = OmegaConf.load(CONF / f"recipe_values/mimo_vl/{scale}/{stage}.yaml")
+        assert cfg["stage"]["module"]["lr"] == OmegaConf.to_container(values.stage.module.lr)
 
 
 def test_recipe_sets_the_paper_numbers_on_real_models():
