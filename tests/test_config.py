@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf
 
-from mimovl.cli import DEFAULT_RUNNER
+from mimovl.programme import DEFAULT_RUNNER
 from mimovl.model.parts import PARTS
 from mimovl.fit.trainer import build_trainer, stage_steps
 
@@ -126,11 +126,17 @@ def test_7b_model_requires_component_paths():
         OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
 
 
+class OneUpdate(pl.LightningModule):
+    """What build_trainer reads of a stage module (mimovl.stages.base.StageModule): one update per batch."""
+
+    updates_per_batch = 1
+
+
 @pytest.mark.parametrize("logger", _options("logger"))
 def test_every_logger_builds_a_trainer(logger, tmp_path):
     cfg = _compose(f"logger={logger}", f"paths.runs_dir={tmp_path}", "trainer.accelerator=cpu")
     hydra.core.utils.HydraConfig.instance().set_config(cfg)
-    trainer = build_trainer(cfg, pl.LightningModule())
+    trainer = build_trainer(cfg, OneUpdate())
     assert trainer.max_steps == stage_steps(cfg.stage, 1)
     assert (trainer.logger is None) == (logger == "none")
 

@@ -21,7 +21,7 @@ def test_programme_runs_every_stage_from_the_previous_export(programme):
     for stage, previous in [("s2", "s1"), ("s3", "s2"), ("s4", "s3"), ("rm_text", "s4"), ("rm", "s4"),
                             ("rl", "s4"), ("eval", "rl")]:
         assert summaries[stage]["init_from"] == str(Path(programme["stages"][previous]) / "hf"), stage
-    # the tiny scale's step counts (conf/recipe/mimo_vl.yaml), not the stage files' defaults
+    # the tiny scale's step counts (conf/recipe_values/mimo_vl/tiny/), not the stage files' defaults
     assert [summaries[s]["steps"] for s in ("s1", "s2", "s3", "s4", "rm_text", "rm", "rl")] == [
         30, 30, 40, 220, 100, 200, 20]
     assert summaries["s4"]["last_loss"] < summaries["s1"]["first_loss"]

@@ -166,7 +166,8 @@ def test_launch_scripts_compose(script, stage, tmp_path):
     srun_options, (command, overrides) = argv[:start], (argv[start + 1], argv[start + 2:])
     assert command == "src/run.py"
     cfg = compose_config(*overrides)
-    assert (cfg.stage.name, cfg.model.scale, cfg.run_name) == (stage, "paper", "mimo_vl")
+    assert (cfg.stage.name, cfg.run_name) == (stage, "mimo_vl")
+    assert cfg.hydra.runtime.choices.recipe_values in ("mimo_vl/hf", "mimo_vl/mimo_vl_7b")  # the paper scale
     if stage == "eval":  # one process
         assert srun_options == ["--nodes=1", "--ntasks=1"]
     else:  # one rank per GPU of the 8 x 8 allocation

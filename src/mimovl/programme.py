@@ -13,6 +13,7 @@ forked after the in-process vLLM engine has started would hang.
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import hydra
@@ -51,7 +52,7 @@ def run_all(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     run_root = Path(cfg.paths.run_root)
     done = {}
     for name in cfg.stage.stages:
-        stage_cfg = compose(config_name="config", overrides=[*overrides, f"stage={name}"])
+        stage_cfg = compose_stage(name, overrides)
         summary_path = Path(stage_cfg.paths.output_dir) / "summary.json"
         if stage_cfg.resume and summary_path.exists():
             print(f"[mimovl] all: {name} is done ({summary_path}); skipping it")
@@ -65,6 +66,24 @@ def run_all(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     write_json(output_dir / "summary.json", summary)
     print(f"[mimovl] all: {', '.join(done)} done under {run_root}\n{format_table(summary['table'])}")
     return summary
+
+
+# Config groups only the stages that use them mount (rl, eval, all): their overrides go to those stages alone.
+STAGE_GROUPS = ("rl", "rollout", "reward")
+
+
+def compose_stage(name: str, overrides: list[str]) -> DictConfig:
+    """The config of `stage=<name>` with the command's `overrides`, less those of a group the stage does not
+    mount (`rl.group_size=4` or `rollout=hf` apply to stage=rl, and mean nothing to stage=s1)."""
+    def group(override: str) -> str:
+        return re.split(r"[.@/=]", override.lstrip("+~"), maxsplit=1)[0]
+
+    common = [o for o in overrides if group(o) not in STAGE_GROUPS]
+    stage_cfg = compose(config_name="config", overrides=[*common, f"stage={name}"])
+    own = [o for o in overrides if group(o) in STAGE_GROUPS and group(o) in stage_cfg]
+    if own:
+        stage_cfg = compose(config_name="config", overrides=[*common, *own, f"stage={name}"])
+    return stage_cfg
 
 
 def prepare_previous(cfg: DictConfig, overrides: list[str] | None = None) -> None:
@@ -101,7 +120,7 @@ def missing_chain(cfg: DictConfig, overrides: list[str] | None = None) -> list[D
     overrides = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("stage")]
     chain, name = [], cfg.stage.previous
     while name:
-        stage_cfg = compose(config_name="config", overrides=[*overrides, f"stage={name}"])
+        stage_cfg = compose_stage(name, overrides)
         if (Path(stage_cfg.paths.output_dir) / "hf" / "config.json").exists():
             break
         chain.insert(0, stage_cfg)
