@@ -79,9 +79,10 @@ class StageModule(pl.LightningModule, ABC):
     def summary(self) -> dict:
         """The stage's figures for summary.json."""
 
-    @abstractmethod
     def headline(self) -> str:
         """One line for the end-of-run message."""
+        summary = self.loss_summary()
+        return f"loss {summary['first_loss']} -> {summary['last_loss']}"
 
     def loss_summary(self) -> dict:
         """first_loss, last_loss (skipped steps left out) and the whole loss_history."""

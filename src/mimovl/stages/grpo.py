@@ -110,7 +110,3 @@ class GRPOModule(StageModule):
     def summary(self) -> dict:
         """summary.json figures: the loss per rollout step (the held-out rewards are the rollout callback's)."""
         return self.loss_summary()
-
-    def headline(self) -> str:
-        summary = self.loss_summary()
-        return f"loss {summary['first_loss']} -> {summary['last_loss']}"

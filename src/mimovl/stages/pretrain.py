@@ -98,7 +98,3 @@ class PretrainModule(StageModule):
     def summary(self) -> dict:
         """This stage's figures for summary.json: losses per optimizer step and the data counters."""
         return {**self.loss_summary(), **self.data_counts}
-
-    def headline(self) -> str:
-        summary = self.loss_summary()
-        return f"loss {summary['first_loss']} -> {summary['last_loss']}"
