@@ -4,6 +4,7 @@ Both engines take the same calls:
 
     engine.sync(named_tensors)                      # the policy's current weights (an iterable of (name, tensor))
     groups = engine.generate(prompts, sampling, processor)     # one list of `Completion`s per prompt
+    engine.needs_weights                            # False: it generates with the live policy, sync is a no-op
 
 `VLLMRollout` runs vLLM in this process, beside training. It starts once, from an export of the starting
 policy, and every `sync` loads the policy's current weights in place: milliseconds for a tiny model, where the
@@ -134,6 +135,8 @@ class VLLMRollout:
         cpu_kv_cache_gib: the KV cache of an engine on CPU, in GiB (unset, vLLM sizes it from the machine's free
             memory, and a second engine beside it is killed for memory); GPUs use gpu_memory_utilization.
     """
+
+    needs_weights = True  # a copy of the policy: every step's weights must be synced into it
 
     def __init__(self, spec_dir, dtype: str = "float32", max_model_len: int = 2048,
                  limit_mm_per_prompt: dict | None = None, gpu_memory_utilization: float = 0.3,

@@ -128,7 +128,7 @@ class RolloutCallback(pl.Callback):
 
     def _weights(self, module):
         """The policy's weights for the engine, or None when the engine reads the live policy."""
-        if not getattr(self.engine, "needs_weights", True):
+        if not self.engine.needs_weights:
             return None
         return lambda: _full_tensors(module.net)
 
