@@ -15,7 +15,7 @@ from mimovl.data.convert.__main__ import main
 from mimovl.data.convert.charades import mmss
 from mimovl.data.convert.video import VideoDecodeError, decode_video, kept_fps
 from mimovl.data.encode import IGNORE, encode
-from mimovl.data.preference import encode_response
+from mimovl.data.pairs import encode_response
 from mimovl.data.stream import mixed_stream
 from mimovl.model.processor import build_tiny_processor
 

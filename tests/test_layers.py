@@ -45,3 +45,14 @@ def test_no_source_file_is_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "src").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, long
+
+
+def test_the_reward_service_and_the_rewards_load_without_lightning_or_math_verify():
+    """`python -m mimovl.serve` needs the reward model, not the training stack; `import mimovl.rewards` is cheap
+    (math-verify loads at the first math reward)."""
+    heavy = ("lightning", "mimovl.stages", "mimovl.fit", "math_verify")
+    probe = f"import sys, mimovl.serve, mimovl.rewards.router; print([m for m in {heavy} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

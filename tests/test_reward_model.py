@@ -15,7 +15,8 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from mimovl.data.packing import Row
-from mimovl.data.preference import PairStream, collate_pairs, encode_pair, is_text_only
+from mimovl.data.pairs import collate_pairs, encode_pair, is_text_only
+from mimovl.data.preference import PairStream
 from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import ensure_synthetic, make_sample
 from mimovl.model.build import build_tiny

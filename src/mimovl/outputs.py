@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from mimovl.errors import UsageError
 
@@ -141,11 +140,12 @@ def resume_point(path: str | Path) -> Resume | None:
 
 
 @contextmanager
-def run_lock(output_dir: str | Path) -> Iterator[None]:
+def run_lock(output_dir: str | Path, rank: int = 0) -> Iterator[None]:
     """Holds <output_dir>/run.lock for the block, so a second run into the same directory stops at once with a
     UsageError naming the process holding it. The lock is the kernel's (flock): a killed run releases it, and the
-    file left behind blocks nothing. Only rank zero locks; the other ranks of a run pass through."""
-    if rank_zero_only.rank != 0:
+    file left behind blocks nothing. Only rank zero locks (`rank`: this process's global rank); the other ranks
+    of a run pass through."""
+    if rank != 0:
         yield
         return
     path = Path(output_dir) / LOCK_FILE

@@ -56,7 +56,8 @@ def run(cfg: DictConfig) -> dict:
     isolate_sweep_job(cfg)
     output_dir = Path(cfg.paths.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(output_dir):  # a second run into this directory stops here, naming the run that holds it
+    # A second run into this directory stops here, naming the run that holds it.
+    with run_lock(output_dir, rank_zero_only.rank):
         return _train(cfg, init, output_dir)
 
 

@@ -4,7 +4,7 @@
     rewards = rm(batch)          # (N,) raw rewards, one per packed sequence; sigmoid(reward) is in [0, 1]
 
 A batch is a packed batch (`mimovl.data.packing.collate_rows`) whose sequences end with the `<|im_end|>` that
-closes the scored response (`mimovl.data.preference.encode_response`). The directory is a normal Qwen2.5-VL
+closes the scored response (`mimovl.data.pairs.encode_response`). The directory is a normal Qwen2.5-VL
 export (transformers and vLLM load its policy weights as they are) plus `reward_head.safetensors` (the head's
 `weight` (1, H) and `bias` (1,)) and `reward_model.json` ({"modality": "vision" | "text"}).
 
@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
 from mimovl.data.packing import Row, collate_rows
-from mimovl.data.preference import encode_response, is_text_only
+from mimovl.data.pairs import encode_response, is_text_only
 from mimovl.data.schema import MODALITIES, validate
 from mimovl.model.build import check_hf_dir, load_hf
 from mimovl.model.export import export_state_dict
