@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 SAVE = """
 import sys, torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from mimovl.outputs import AtomicCheckpointIO
+from mimovl.fit.checkpoint import AtomicCheckpointIO
 plugin = AtomicCheckpointIO() if sys.argv[2] == "atomic" else TorchCheckpointIO()
 checkpoint = {"global_step": 2, "weights": torch.ones(100_000_000)}
 print("saving", flush=True)
