@@ -82,7 +82,8 @@ def test_dynamic_sampling_refills_from_the_stream(policy):
     """An untrained policy scores 0 on nearly every group: dynamic sampling drops those and draws refills, up to
     max_rounds rounds, and still trains on at least one group."""
     step, drawn = one_step(policy, dynamic_sampling=True, max_rounds=3)
-    assert drawn[0] == 3 and len(drawn) == step.timings["rounds"]
+    # the step's 3 prompts, then a refill after every round that left groups missing
+    assert drawn[0] == 3 and len(drawn) == step.timings["rounds"] + (len(step.kept) < 3)
     dropped = [g for g in step.groups if not g.kept]
     assert all(max(g.rewards) == min(g.rewards) for g in dropped)
     assert 1 <= len(step.kept) <= 3 and len(step.minibatches) == 1

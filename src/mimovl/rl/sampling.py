@@ -78,7 +78,7 @@ def collect(prompts: list, rollout: Callable, draw: Callable, need: int, max_rou
     kept (zero advantages) so the step still runs. Returns at most `need` kept groups.
     """
     result = Collected()
-    while True:
+    for _ in range(max_rounds):
         if pool is not None:
             prompts = pool.mix(prompts)
         groups, rewards = rollout(prompts)
@@ -88,9 +88,9 @@ def collect(prompts: list, rollout: Callable, draw: Callable, need: int, max_rou
                 pool.add(prompt)
             (result.kept if informative(reward) or not dynamic else result.dropped).append((prompt, group, reward))
         missing = need - len(result.kept)
-        if result.rounds == max_rounds or not more_anywhere(missing > 0):
+        if not more_anywhere(missing > 0):
             break
-        prompts = draw(max(missing, 1))  # only when another round will use them
+        prompts = draw(max(missing, 1))
     if not result.kept:
         result.kept = result.dropped[:1]
     result.kept = result.kept[:need]
