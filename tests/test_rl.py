@@ -69,7 +69,7 @@ def test_vllm_serves_the_trained_weights_after_sync(rl_run, sft_policy, vllm_eng
     start, _ = load_hf(sft_policy[1])
     changed = max((a - b).abs().max().item() for a, b in zip(trained.parameters(), start.parameters()))
     assert changed > 1e-4  # RL moved the weights, so equal tokens mean the sync carried them
-    data = PromptDataModule(sources={}, mix={}, heldout={}, prompts_per_step=1, processor=processor)
+    data = PromptDataModule(sources={}, mix={}, heldout={}, processor=processor)
     data.heldout_sources = {t: {"urls": str(sft_policy[0] / f"data/synthetic/heldout/{t}/*.tar"), "weight": 1.0}
                             for t in ("qa", "grounding", "gui")}
     data.heldout_per_kind = 3

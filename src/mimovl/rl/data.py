@@ -60,13 +60,12 @@ class PromptDataModule(pl.LightningDataModule):
         sources: source name -> shard pattern (data.sources); `mix` picks the sources and their weights (None:
             every source, weight 1).
         heldout: source name -> shard pattern of held-out prompts, scored before and after training.
-        prompts_per_step: prompts per rank in each batch.
         heldout_per_kind: held-out prompts kept per kind (task, or open_text / open_vision) on each rank.
         generate / heldout_generate: settings for `ensure_synthetic` under `root` (None for real data).
         processor: the policy's processor (train.py passes it).
     """
 
-    def __init__(self, sources: dict, mix: dict, heldout: dict, prompts_per_step: int, heldout_per_kind: int = 32,
+    def __init__(self, sources: dict, mix: dict, heldout: dict, heldout_per_kind: int = 32,
                  seed: int = 0, shuffle_buffer: int = 200, video_fps: float = 2.0, max_frames: int = 256,
                  root: str | None = None, generate: dict | None = None, heldout_generate: dict | None = None,
                  processor=None):
@@ -78,7 +77,7 @@ class PromptDataModule(pl.LightningDataModule):
                              f"{sorted(sources)}); add them to data.sources / data.heldout or drop them from the mix")
         self.sources = {name: {"urls": sources[name], "weight": w} for name, w in mix.items() if w > 0}
         self.heldout_sources = {n: {"urls": heldout[n], "weight": 1.0} for n in self.sources if n in heldout}
-        self.prompts_per_step, self.heldout_per_kind = prompts_per_step, heldout_per_kind
+        self.heldout_per_kind = heldout_per_kind
         self.seed, self.shuffle_buffer, self.video_fps, self.max_frames = seed, shuffle_buffer, video_fps, max_frames
         self.root, self.generate, self.heldout_generate = root, generate, heldout_generate
         self.processor = processor  # the policy's processor; the rollout callback templates prompts with it
