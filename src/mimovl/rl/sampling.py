@@ -9,6 +9,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mimovl.generate.prompts import Prompt
+
 
 def informative(rewards: list[float], tolerance: float = 1e-9) -> bool:
     """Whether a group's rewards differ (zero-variance groups carry no signal)."""
@@ -51,8 +53,6 @@ class EasyPool:
         return {"prompts": [prompt.to_state() for prompt in self.prompts], "rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict) -> None:
-        from mimovl.generate.prompts import Prompt
-
         self.prompts = [Prompt.from_state(p) for p in state["prompts"]]
         self.rng.setstate(state["rng"])
 
