@@ -1,25 +1,16 @@
 """The model forward on packed rows: per-sample MRoPE positions and no attention across samples.
 
-transformers' Qwen2.5-VL does not separate packed samples by itself under sdpa or eager attention, so we
-pass a block-diagonal causal mask. The mask is dense, (B, 1, L, L) booleans: its attention costs L^2 per row
-whatever the samples' lengths (a varlen flash-attention path would cost the sum of their squares; it needs a GPU
-to build and prove against this one, see the packing parity test).
+transformers' Qwen2.5-VL does not separate packed samples by itself (and its packed-sequence detection from
+position ids is silently wrong for 2+ rows of MRoPE positions), so the boundaries are always passed: a
+`mimovl.model.attention.Layout` to the varlen backends, or a dense block mask to transformers' own sdpa
+(`model.attn=sdpa_dense`, the reference). A branch (a response after a shared prompt, `prefix_ids`) also sees
+its prefix and continues its positions.
 """
 
 import torch
 
-from mimovl.data.encode import IGNORE, IMAGE, VIDEO
-
-
-def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """(B, 1, L, L) bool: query i may see key j when both are in the same segment and j <= i.
-
-    Padding (segment 0) attends within the padding only, which keeps its rows finite.
-    """
-    length = segment_ids.shape[1]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
-    return (same & causal)[:, None]
+from mimovl.data.encode import IGNORE, IMAGE, TEXT, VIDEO
+from mimovl.model.attention import Layout, block_causal_mask, is_varlen
 
 
 def _runs(types: torch.Tensor, value: int) -> int:
@@ -29,34 +20,45 @@ def _runs(types: torch.Tensor, value: int) -> int:
 
 
 def packed_position_ids(model, batch: dict) -> torch.Tensor:
-    """(4, B, L): a per-sample text position row, then the three MRoPE rows from the model's own get_rope_index."""
+    """(4, B, L): a per-sample text position row, then the three MRoPE rows from the model's own get_rope_index.
+
+    A branch (`prefix_ids` > 0) continues from its prefix: its positions are those it would have packed right
+    after the prefix (what vLLM gives the response tokens of that prompt)."""
     input_ids, types, segments = batch["input_ids"], batch["mm_token_type_ids"], batch["segment_ids"]
+    prefixes = batch.get("prefix_ids")
     rows, length = input_ids.shape
     positions = torch.zeros(4, rows, length, dtype=torch.long, device=input_ids.device)
-    image_grids = iter(batch["image_grid_thw"]) if "image_grid_thw" in batch else iter(())
-    video_grids = iter(batch["video_grid_thw"]) if "video_grid_thw" in batch else iter(())
-    video_seconds = iter(batch["second_per_grid_ts"]) if "second_per_grid_ts" in batch else iter(())
+    grids = {key: iter(batch[key]) if key in batch else iter(())
+             for key in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
     for b in range(rows):
-        for segment in segments[b].unique().tolist():
+        seen = {}  # segment -> (start, end, its vision grids), for the branches after it
+        for segment in segments[b].unique_consecutive().tolist():
             where = (segments[b] == segment).nonzero().squeeze(1)
             start, end = int(where[0]), int(where[-1]) + 1
-            positions[0, b, start:end] = torch.arange(end - start, device=input_ids.device)
             if segment == 0:
-                positions[1:, b, start:end] = positions[0, b, start:end]
+                positions[:, b, start:end] = torch.arange(end - start, device=input_ids.device)
                 continue
-            seg_types = types[b, start:end]
-            n_images, n_videos = _runs(seg_types, IMAGE), _runs(seg_types, VIDEO)
-            images = [next(image_grids) for _ in range(n_images)]
-            videos = [next(video_grids) for _ in range(n_videos)]
-            seconds = [next(video_seconds) for _ in range(n_videos)]
+            prefix = int(prefixes[b, start]) if prefixes is not None else 0
+            if prefix:
+                p_start, p_end, vision = seen[prefix]
+                if (types[b, start:end] != TEXT).any():
+                    raise ValueError("a branch after a shared prefix must be text only")
+                span = torch.cat([torch.arange(p_start, p_end), torch.arange(start, end)]).to(input_ids.device)
+            else:
+                seg_types = types[b, start:end]
+                n_images, n_videos = _runs(seg_types, IMAGE), _runs(seg_types, VIDEO)
+                vision = {"image_grid_thw": [next(grids["image_grid_thw"]) for _ in range(n_images)],
+                          "video_grid_thw": [next(grids["video_grid_thw"]) for _ in range(n_videos)],
+                          "second_per_grid_ts": [next(grids["second_per_grid_ts"]) for _ in range(n_videos)]}
+                seen[segment] = (start, end, vision)
+                span = torch.arange(start, end, device=input_ids.device)
             rope, _ = model.model.get_rope_index(
-                input_ids=input_ids[b : b + 1, start:end],
-                mm_token_type_ids=seg_types[None],
-                image_grid_thw=torch.stack(images) if images else None,
-                video_grid_thw=torch.stack(videos) if videos else None,
-                second_per_grid_ts=torch.stack(seconds) if seconds else None,
+                input_ids=input_ids[b, span][None], mm_token_type_ids=types[b, span][None],
+                **{key: torch.stack(values) if values else None for key, values in vision.items()},
             )
-            positions[1:, b, start:end] = rope[:, 0]
+            own = slice(len(span) - (end - start), len(span))
+            positions[0, b, start:end] = torch.arange(len(span), device=input_ids.device)[own]
+            positions[1:, b, start:end] = rope[:, 0, own]
     return positions
 
 
@@ -87,12 +89,18 @@ class PackedVLM(torch.nn.Module):
         model = self.hf
         embeds = model.get_input_embeddings()(batch["input_ids"])
         embeds = self._scatter_vision(embeds, batch)
-        return model.model.language_model(
-            inputs_embeds=embeds,
-            attention_mask=block_causal_mask(batch["segment_ids"]),
-            position_ids=packed_position_ids(model, batch),
-            use_cache=False,
-        ).last_hidden_state
+        positions = packed_position_ids(model, batch)
+        language = model.model.language_model
+        if not is_varlen(model):  # transformers' own attention: a dense mask it returns as-is
+            mask = block_causal_mask(batch["segment_ids"], batch.get("prefix_ids"))
+            return language(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                            use_cache=False).last_hidden_state
+        # Three MRoPE rows, so transformers finds no "packed" text positions, and no mask to build: the layout
+        # says where the samples are.
+        layout = Layout.of(batch["segment_ids"], batch.get("prefix_ids"))
+        no_masks = {kind: None for kind in set(language.config.layer_types)}
+        return language(inputs_embeds=embeds, attention_mask=no_masks, position_ids=positions[1:],
+                        use_cache=False, layout=layout).last_hidden_state
 
     def _scatter_vision(self, embeds: torch.Tensor, batch: dict) -> torch.Tensor:
         visual = self.hf.model.visual

@@ -11,7 +11,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mimovl.errors import UsageError
+from mimovl.errors import UsageError, require
+from mimovl.model.attention import BACKENDS, use_attention
 from mimovl.model.build import load_hf
 
 log = logging.getLogger(__name__)
@@ -61,20 +62,23 @@ def _model_name(cfg: DictConfig) -> str:
 
 def build_model(cfg: DictConfig, init: str | None):
     """(model, processor) for this stage: loaded from `init`, or built from cfg.model."""
+    settings = dict(cfg.model)
+    attention = settings.pop("attn", "auto")
+    require(attention in BACKENDS, "model.attn", attention, f"one of {BACKENDS}")
     if init is not None:
         log.info("starting from %s", init)
         model, processor = load_hf(init)
         check_chat_template(processor, f"stage.init_from={init}")
-        return model, processor
-    missing = [k for k in cfg.model if OmegaConf.is_missing(cfg.model, k)]
-    if missing:
-        raise UsageError(f"this model config needs {', '.join(f'model.{k}=...' for k in missing)} "
-                         "(conf/model/ says what each one is)")
-    settings = dict(cfg.model)
-    if "path" in settings:
-        check_checkpoint(settings["path"], "model.path")
-    model, processor = hydra.utils.instantiate(settings)
-    check_chat_template(processor, f"model.path={settings['path']}" if "path" in settings else "model")
+    else:
+        missing = [k for k in settings if OmegaConf.is_missing(cfg.model, k)]
+        if missing:
+            raise UsageError(f"this model config needs {', '.join(f'model.{k}=...' for k in missing)} "
+                             "(conf/model/ says what each one is)")
+        if "path" in settings:
+            check_checkpoint(settings["path"], "model.path")
+        model, processor = hydra.utils.instantiate(settings)
+        check_chat_template(processor, f"model.path={settings['path']}" if "path" in settings else "model")
+    use_attention(model, attention)
     return model, processor
 
 

@@ -42,6 +42,7 @@ class RLConfig:
     table_every: int = 10
     table_rows: int = 8
     pack_len: int = 1024
+    share_prompt: bool = True
     loss: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -139,7 +140,8 @@ def rl_step(weights: Callable[[], Iterable] | None, engine, router, draw: Callab
     for part in split(len(kept), config.loss_config.minibatches):
         minibatches.append(rollout_batch([kept[i].prompt for i in part], [kept[i].completions for i in part],
                                          advantages[part], processor, seq_len=config.pack_len,
-                                         aggregation=config.loss_config.aggregation))
+                                         aggregation=config.loss_config.aggregation,
+                                         share_prompt=config.share_prompt))
     return Step(minibatches, groups, timings)
 
 
