@@ -1,7 +1,13 @@
-"""Where an RL step's time goes, and in-place weight sync against restarting the rollout engine.
+"""Where an RL step's time goes, in-place weight sync against restarting the rollout engine, and the update
+with the prompt shared by its group against a prompt copy per response.
 
     python benchmarks/rl_step.py                    # the tiny test policy
     python benchmarks/rl_step.py --model small      # a ~30M-parameter policy (benchmarks/packing.py's "small")
+    python benchmarks/rl_step.py --part update      # only rl.share_prompt on vs off (no vLLM needed)
+
+The update part packs G responses of --new-tokens tokens to each of --prompts image prompts both ways
+(`mimovl.rl.batch.rollout_batch`), then times forward + backward of the GRPO loss on each, in turns, --rounds
+times (medians), and prints the tokens each update processes: (p - 1) + G * r per group shared, G * (p + r) not.
 
 Runs `stage=rl` for --steps steps (random-init policy, synthetic prompts, dynamic sampling off so every step is
 one rollout round) and prints the mean seconds per step of: weight sync, generation, reward scoring and the
@@ -75,6 +81,47 @@ def sync_vs_restart(summary: dict) -> tuple[float, float]:
     return sync, time.perf_counter() - start
 
 
+def update_share_prompt(model_size: str, prompts: int, group: int, new_tokens: int, rounds: int) -> dict:
+    """Median seconds and tokens of one GRPO forward + backward with rl.share_prompt on and off."""
+    import statistics
+
+    import torch
+
+    from mimovl.data.encode import IGNORE
+    from mimovl.data.synthetic import make_sample
+    from mimovl.generate.engines import Completion
+    from mimovl.generate.prompts import to_prompt
+    from mimovl.model.attention import use_attention
+    from mimovl.model.build import build_tiny
+    from mimovl.model.packed import PackedVLM, token_losses
+    from mimovl.rl.batch import rollout_batch
+    from mimovl.rl.grpo import LossConfig, group_advantages, policy_loss
+
+    model, processor = build_tiny(seed=0, **SIZES[model_size])
+    use_attention(model, "auto")
+    net = PackedVLM(model.train())
+    chosen = [to_prompt(make_sample("grounding", i, seed=0, split="train")) for i in range(prompts)]
+    rng = torch.Generator().manual_seed(0)
+    groups = [[Completion(torch.randint(10, len(processor.tokenizer) - 10, (new_tokens,), generator=rng).tolist(),
+                          "", True) for _ in range(group)] for _ in chosen]
+    advantages = group_advantages(torch.rand(prompts, group, generator=rng))
+    batches = {share: rollout_batch(chosen, groups, advantages, processor, seq_len=1 << 20, share_prompt=share)
+               for share in (False, True)}
+    seconds = {share: [] for share in batches}
+    for _ in range(rounds + 1):  # the first round warms up
+        for share, batch in batches.items():
+            start = time.perf_counter()
+            learned = batch["targets"] != IGNORE
+            logp = -token_losses(net(batch, learned), batch["targets"][learned])
+            loss, _ = policy_loss(logp, batch["advantages"][learned], batch["coef"][learned], LossConfig())
+            loss.backward()
+            model.zero_grad()
+            seconds[share].append(time.perf_counter() - start)
+    return {share: {"seconds": statistics.median(seconds[share][1:]),
+                    "tokens": int((batch["segment_ids"] > 0).sum()),
+                    "images": int(batch["image_grid_thw"].shape[0])} for share, batch in batches.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SIZES), default="tiny")
@@ -82,7 +129,19 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--part", choices=["all", "update"], default="all")
     args = parser.parse_args()
+    update = update_share_prompt(args.model, args.prompts, args.group, args.new_tokens, args.rounds)
+    print(f"model {args.model}: GRPO update of {args.prompts} image prompts x {args.group} responses x "
+          f"{args.new_tokens} tokens")
+    for share, r in update.items():
+        print(f"  rl.share_prompt={str(share).lower():5s} {r['seconds']:.3f} s  {r['tokens']} tokens  "
+              f"{r['images']} images through the vision tower")
+    print(f"  shared/unshared: time {update[True]['seconds'] / update[False]['seconds']:.2f}, "
+          f"tokens {update[True]['tokens'] / update[False]['tokens']:.2f}")
+    if args.part == "update":
+        return
     with tempfile.TemporaryDirectory() as tmp:
         summary = rl_run(Path(tmp), args.model, args.steps, args.prompts, args.group, args.new_tokens)
         times = step_times(Path(summary["output_dir"]))

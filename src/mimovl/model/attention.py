@@ -54,6 +54,9 @@ class Layout:
     max_length_q: int
     max_length_k: int
     key_index: torch.Tensor | None  # None: every sample's keys are its queries' positions
+    row_lengths: list[list[int]]  # each row's span lengths, in order
+    prefix_index: dict[int, int]  # span i (a branch) -> the index of its prefix's span within the row
+    masks: dict[int, torch.Tensor]  # span i (a branch) -> its (queries, prefix + queries) bool mask
 
     @classmethod
     def of(cls, segment_ids: torch.Tensor, prefix_ids: torch.Tensor | None = None) -> "Layout":
@@ -86,8 +89,16 @@ class Layout:
         if any(pe > ps for *_, ps, pe in spans):
             key_index = torch.cat([torch.cat([torch.arange(ps, pe), torch.arange(start, end)]) + b * length
                                    for b, start, end, ps, pe in spans]).to(device)
+        row_lengths = [[end - start for row, start, end, _, _ in spans if row == b] for b in range(rows)]
+        starts = [[start for row, start, *_ in spans if row == b] for b in range(rows)]
+        prefix_index, masks = {}, {}
+        for i, (b, start, end, ps, pe) in enumerate(spans):
+            if pe > ps:
+                prefix_index[i] = starts[b].index(ps)
+                masks[i] = torch.ones(end - start, pe - ps + end - start, dtype=torch.bool, device=device).tril(pe - ps)
         return cls(rows, length, spans, segment_ids, prefix_ids, _cumulative(q_lens, device),
-                   _cumulative(k_lens, device), max(q_lens), max(k_lens), key_index)
+                   _cumulative(k_lens, device), max(q_lens), max(k_lens), key_index, row_lengths, prefix_index,
+                   masks)
 
     @property
     def has_prefixes(self) -> bool:
@@ -116,27 +127,32 @@ def _check_call(module, kwargs: dict) -> None:
 
 
 def sdpa_varlen(module, query, key, value, attention_mask, scaling=None, dropout=0.0, layout=None, **kwargs):
-    """SDPA once per sample: its queries over its prefix's keys and its own (causal, aligned to the end)."""
+    """SDPA once per sample: its queries over its prefix's keys and its own (causal, aligned to the end).
+
+    Rows are cut into samples with `unbind` and `split`, whose backward is one stack and one cat (a slice per
+    sample would allocate a full-size gradient per sample)."""
     if layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     _check_call(module, kwargs)
     gqa = query.shape[1] != key.shape[1]
+    pieces = {name: [list(row.split(layout.row_lengths[b], dim=1)) for b, row in enumerate(tensor.unbind(0))]
+              for name, tensor in (("q", query), ("k", key), ("v", value))}
     rows: list[list[torch.Tensor]] = [[] for _ in range(layout.rows)]
-    for b, start, end, ps, pe in layout.spans:
-        q = query[b : b + 1, :, start:end]
+    for i, (b, start, end, ps, pe) in enumerate(layout.spans):
+        j = len(rows[b])  # this span's index in its row
+        q, k, v = (pieces[name][b][j][None] for name in "qkv")
         if pe > ps:
-            k = torch.cat([key[b : b + 1, :, ps:pe], key[b : b + 1, :, start:end]], dim=2)
-            v = torch.cat([value[b : b + 1, :, ps:pe], value[b : b + 1, :, start:end]], dim=2)
-            mask = torch.ones(end - start, k.shape[2], dtype=torch.bool, device=q.device).tril(pe - ps)
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                                   scale=scaling, enable_gqa=gqa)
+            p = layout.prefix_index[i]
+            k = torch.cat([pieces["k"][b][p][None], k], dim=2)
+            v = torch.cat([pieces["v"][b][p][None], v], dim=2)
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=layout.masks[i],
+                                                                   dropout_p=dropout, scale=scaling, enable_gqa=gqa)
         else:
-            out = torch.nn.functional.scaled_dot_product_attention(
-                q, key[b : b + 1, :, start:end], value[b : b + 1, :, start:end], dropout_p=dropout,
-                is_causal=True, scale=scaling, enable_gqa=gqa)
-        rows[b].append(out)
-    out = torch.cat([torch.cat(parts, dim=2) for parts in rows])
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True,
+                                                                   scale=scaling, enable_gqa=gqa)
+        rows[b].append(out[0])
+    out = torch.stack([torch.cat(parts, dim=1) for parts in rows])
     return out.transpose(1, 2).contiguous(), None
 
 
