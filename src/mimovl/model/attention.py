@@ -57,6 +57,7 @@ class Layout:
     row_lengths: list[list[int]]  # each row's span lengths, in order
     prefix_index: dict[int, int]  # span i (a branch) -> the index of its prefix's span within the row
     masks: dict[int, torch.Tensor]  # span i (a branch) -> its (queries, prefix + queries) bool mask
+    block_mask: object = None  # flex's BlockMask, made by the first layer that needs it
 
     @classmethod
     def of(cls, segment_ids: torch.Tensor, prefix_ids: torch.Tensor | None = None) -> "Layout":
@@ -223,9 +224,12 @@ def flex(module, query, key, value, attention_mask, scaling=None, dropout=0.0, l
             return own
         return own | ((prefixes[b, q] == segments[b, kv]) & (prefixes[b, q] > 0))
 
-    block_mask = create_block_mask(mask_mod, layout.rows, None, layout.length, layout.length, device=query.device)
+    if layout.block_mask is None:  # once per forward, shared by the layers
+        layout.block_mask = create_block_mask(mask_mod, layout.rows, None, layout.length, layout.length,
+                                              device=query.device)
     attend = _compiled_flex() if query.device.type == "cuda" else flex_attention
-    out = attend(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    out = attend(query, key, value, block_mask=layout.block_mask, scale=scaling,
+                 enable_gqa=query.shape[1] != key.shape[1])
     return out.transpose(1, 2).contiguous(), None
 
 
