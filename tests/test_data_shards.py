@@ -348,8 +348,8 @@ def test_a_stage_run_reports_lost_samples_by_reason_and_shard_errors(tmp_path):
 
 
 def test_a_seq_len_no_sample_fits_is_refused_before_training(tmp_path, monkeypatch):
-    # text samples of 22 to 68 tokens with the tiny tokenizer
-    shards = write_shards([make_sample("text", i) for i in range(8)], str(tmp_path / "text-%06d.tar"),
+    # chats of 70-odd tokens and more with the tiny tokenizer (a document longer than a row would be split)
+    shards = write_shards([make_sample("qa", i) for i in range(8)], str(tmp_path / "qa-%06d.tar"),
                           progress=False)
 
     def no_training(*args):

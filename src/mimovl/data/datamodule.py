@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mimovl.data.encode import encode
 from mimovl.data.packing import collate_rows, pack_rows, with_window_tokens
+from mimovl.data.split import shortest_row
 from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import ensure_synthetic
 from mimovl.errors import UsageError
@@ -151,9 +152,10 @@ class ShardDataModule(pl.LightningDataModule):
                             max_frames=self.max_frames)
 
     def lengths(self, sample: dict) -> tuple[int, int]:
-        """(tokens, image and video tokens) of a sample as `dataset` packs it (`check_rows_fit`)."""
+        """(tokens a row needs, image and video tokens) of a sample as `dataset` packs it (`check_rows_fit`): a
+        document longer than a row is split, so it needs only its longest image (`shortest_row`)."""
         encoded = encode(sample, self.processor)
-        return len(encoded), int((encoded.mm_token_type_ids > 0).sum())
+        return shortest_row(encoded), int((encoded.mm_token_type_ids > 0).sum())
 
     def state_dict(self) -> dict:
         trainer = self.trainer

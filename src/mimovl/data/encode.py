@@ -38,6 +38,7 @@ class Encoded:
     second_per_grid_ts: torch.Tensor | None = None
     skipped: int = 0  # corrupt samples the reader skipped just before this one
     dropped: dict[str, int] = field(default_factory=dict)  # the same by reason, plus shard errors (stream.DROPPED)
+    document: bool = False  # a document, all text learned: packing may cut it at text (mimovl.data.split)
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -99,6 +100,7 @@ def encode(sample: dict, processor) -> Encoded:
         second_per_grid_ts=_as_tensor(features.get("second_per_grid_ts")),
         skipped=int(sample.get("skipped_before", 0)),
         dropped=dict(sample.get("dropped_before", {})),
+        document=is_document,
     )
 
 

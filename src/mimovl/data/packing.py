@@ -3,7 +3,9 @@
 A packed row holds several whole samples back to back; `segment_ids` numbers them 1, 2, ... and marks the
 padding at the end with 0. The model never lets one sample attend to another and gives each sample its own
 MRoPE positions (`mimovl.model.packed`), so a packed row computes exactly what its samples compute one by
-one. A sample longer than the row is dropped and counted, never cut: a cut through an image's tokens breaks it.
+one. A document longer than the row is cut at text into row-sized pieces, each image whole in one piece
+(`mimovl.data.split`), and counted as split; a chat longer than the row, or a document with an image longer than
+the row, is dropped and counted, never cut: a chat's turns belong together, and a cut through an image breaks it.
 """
 
 import itertools
@@ -15,6 +17,7 @@ import torch
 
 from mimovl.data.encode import IGNORE, Encoded
 from mimovl.data.schema import SAMPLE_TYPES
+from mimovl.data.split import split_document
 from mimovl.data.stream import DROPPED, SKIP_REASONS
 from mimovl.errors import UsageError
 
@@ -24,13 +27,15 @@ VISION_FIELDS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video
 
 @dataclass
 class Row:
-    """One packed sequence: whole samples, plus the corrupt and too-long samples skipped on the way (and what
-    the reader lost, by `mimovl.data.stream.DROPPED` name)."""
+    """One packed sequence: whole samples (or pieces of split documents), plus the corrupt and too-long samples
+    skipped on the way, the documents split on the way (and what the reader lost, by `mimovl.data.stream.DROPPED`
+    name)."""
 
     samples: list[Encoded] = field(default_factory=list)
     skipped: int = 0
     too_long: int = 0
     dropped: Counter = field(default_factory=Counter)
+    split: int = 0
 
     @property
     def length(self) -> int:
@@ -46,10 +51,11 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
 
     Each row starts with the oldest held sample, so no sample waits for more than `buffer` rows, then is
     filled best-fit: the longest held sample that still fits, again and again, which keeps rows nearly full.
-    Raises a UsageError when MAX_TOO_LONG_IN_A_ROW samples in a row are longer than seq_len.
+    A document longer than seq_len is held as its pieces (`split_document`); another sample longer than seq_len
+    is dropped. Raises a UsageError when MAX_TOO_LONG_IN_A_ROW samples in a row are dropped so.
     """
     held: list[Encoded] = []
-    skipped = too_long = too_long_in_a_row = 0
+    skipped = too_long = too_long_in_a_row = split = 0
     dropped: Counter = Counter()
     stream = iter(samples)
     exhausted = False
@@ -61,8 +67,9 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
                 continue
             skipped += sample.skipped
             dropped.update(sample.dropped)
-            if len(sample) <= seq_len:
-                held.append(sample)
+            if (pieces := split_document(sample, seq_len)) is not None:
+                held.extend(pieces)
+                split += len(pieces) > 1
                 too_long_in_a_row = 0
                 continue
             too_long += 1
@@ -74,8 +81,8 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
                 )
         if not held:
             return
-        row, space = Row(skipped=skipped, too_long=too_long, dropped=dropped), seq_len
-        skipped = too_long = 0
+        row, space = Row(skipped=skipped, too_long=too_long, dropped=dropped, split=split), seq_len
+        skipped = too_long = split = 0
         dropped = Counter()
         pick = held[0]
         while True:
@@ -123,6 +130,7 @@ def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.
             batch[name] = torch.cat(parts)
     batch["skipped"] = torch.tensor(sum(r.skipped for r in rows))
     batch["too_long"] = torch.tensor(sum(r.too_long for r in rows))
+    batch["split"] = torch.tensor(sum(r.split for r in rows))
     dropped = sum((r.dropped for r in rows), Counter())
     batch["dropped"] = torch.tensor([dropped[name] for name in DROPPED])
     return batch

@@ -67,7 +67,7 @@ def encode_pair(sample: dict, processor) -> Pair:
 def unpack_pairs(row: Row) -> Row:
     """A row of Pairs as a row of Encoded sequences: each pair's chosen answer, then its rejected one."""
     sequences = [e for pair in row.samples for e in (pair.chosen, pair.rejected)]
-    return Row(samples=sequences, skipped=row.skipped, too_long=row.too_long, dropped=row.dropped)
+    return Row(samples=sequences, skipped=row.skipped, too_long=row.too_long, dropped=row.dropped, split=row.split)
 
 
 def collate_pairs(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:

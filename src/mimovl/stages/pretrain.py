@@ -45,9 +45,10 @@ class PretrainModule(StageModule):
     ):
         # train(): from_pretrained returns eval mode. The history is the global mean loss per optimizer step; the
         # data counters are global (positions trained on, real tokens among them, corrupt and too-long samples
-        # skipped, skips by reason, shard read errors). Both are kept in checkpoints.
+        # skipped, long documents split, skips by reason, shard read errors). Both are kept in checkpoints.
         super().__init__(PackedVLM(model.train()), trainable, lr, activation_checkpointing,
-                         data_counts={"skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0, **dropped_counts()})
+                         data_counts={"skipped": 0, "too_long": 0, "split": 0, "tokens": 0, "real_tokens": 0,
+                                      **dropped_counts()})
         self.save_hyperparameters(ignore=["model"])
         self._window_loss_sum, self._micro_batches = 0.0, 0  # the accumulation window in progress
 
@@ -64,12 +65,13 @@ class PretrainModule(StageModule):
         local = torch.cat([torch.stack([
             losses.sum().detach().double(), learned.sum().double(), batch["window_tokens"].double(),
             batch["skipped"].double(),
-            batch["too_long"].double(), torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device),
+            batch["too_long"].double(), batch["split"].double(),
+            torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device),
             (segments > 0).sum().double(),
         ]), batch["dropped"].double()])  # a fixed length (stream.DROPPED), so every rank reduces the same shape
-        loss_sum, count, window, skipped, too_long, tokens, real_tokens, *dropped = global_sum(local).tolist()
-        counts = {"skipped": skipped, "too_long": too_long, "tokens": tokens, "real_tokens": real_tokens,
-                  **dropped_counts(dropped)}
+        loss_sum, count, window, skipped, too_long, split, tokens, real_tokens, *dropped = global_sum(local).tolist()
+        counts = {"skipped": skipped, "too_long": too_long, "split": split, "tokens": tokens,
+                  "real_tokens": real_tokens, **dropped_counts(dropped)}
         # Lightning averages gradients over ranks and divides each micro-batch loss by the accumulation steps;
         # scaling by both leaves the gradient of (sum of token losses) / (learned tokens of the whole step).
         loss = losses.sum() / max(window, 1.0) * self.trainer.world_size * self.trainer.accumulate_grad_batches

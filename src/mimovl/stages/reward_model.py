@@ -56,8 +56,8 @@ class RewardModule(StageModule):
         # global data counters. Kept in checkpoints.
         super().__init__(RewardModel(model.train(), modality), trainable, lr, activation_checkpointing,
                          history=("loss", "accuracy"),
-                         data_counts={"pairs": 0, "skipped": 0, "too_long": 0, "tokens": 0, "real_tokens": 0,
-                                      **dropped_counts()})
+                         data_counts={"pairs": 0, "skipped": 0, "too_long": 0, "split": 0, "tokens": 0,
+                                      "real_tokens": 0, **dropped_counts()})
         self.save_hyperparameters(ignore=["model"])
         self._window = [0.0, 0.0, 0]  # loss sum, correct pairs, micro-batches of the window in progress
 
@@ -81,12 +81,12 @@ class RewardModule(StageModule):
         local = torch.cat([torch.stack([
             losses.sum().detach().double(), (chosen > rejected).sum().double(),
             (chosen - rejected).sum().detach().double(), batch["window_pairs"].double(), batch["pairs"].double(),
-            batch["skipped"].double(), batch["too_long"].double(),
+            batch["skipped"].double(), batch["too_long"].double(), batch["split"].double(),
             torch.tensor(segments.numel(), dtype=torch.float64, device=segments.device), (segments > 0).sum().double(),
         ]), batch["dropped"].double()])  # a fixed length (stream.DROPPED), so every rank reduces the same shape
-        loss_sum, correct, margin_sum, window, pairs, skipped, too_long, tokens, real_tokens, *dropped = (
+        loss_sum, correct, margin_sum, window, pairs, skipped, too_long, split, tokens, real_tokens, *dropped = (
             global_sum(local).tolist())
-        counts = {"pairs": pairs, "skipped": skipped, "too_long": too_long, "tokens": tokens,
+        counts = {"pairs": pairs, "skipped": skipped, "too_long": too_long, "split": split, "tokens": tokens,
                   "real_tokens": real_tokens, **dropped_counts(dropped)}
         objective = losses.sum() + self.hparams.center_coef * (chosen + rejected).pow(2).sum()
         # Lightning averages gradients over ranks and divides by the accumulation steps; scaling by both leaves
