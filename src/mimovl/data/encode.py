@@ -38,6 +38,9 @@ class Encoded:
     second_per_grid_ts: torch.Tensor | None = None
     skipped: int = 0  # corrupt samples the reader skipped just before this one
     dropped: dict[str, int] = field(default_factory=dict)  # the same by reason, plus shard errors (stream.DROPPED)
+    # A shared prefix then branches: the lengths of the branches at the end, each attending to the prefix and
+    # itself only (`mimovl.rl.batch`'s shared-prompt layout); empty: one plain sample.
+    branches: list[int] = field(default_factory=list)
     document: bool = False  # a document, all text learned: packing may cut it at text (mimovl.data.split)
 
     def __len__(self) -> int:

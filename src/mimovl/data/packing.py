@@ -100,9 +100,11 @@ def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.
     """Stacks packed rows into a batch of fixed shape (B, seq_len), padding each row at its end.
 
     Returns input_ids, targets (next-token labels, IGNORE where nothing is learned), mm_token_type_ids,
-    segment_ids (1.. per sample, 0 for padding), type_ids (index into SAMPLE_TYPES, -1 for padding), the vision
-    tensors of all samples in order, the counts `skipped` and `too_long`, and `dropped`: what the reader lost,
-    one count per `mimovl.data.stream.DROPPED` name, in that order (`dropped_counts` names them).
+    segment_ids (1.. per sample, 0 for padding; a sample with branches numbers its prefix, then each branch),
+    prefix_ids (only when a sample has branches: per token the segment of its prefix, 0 = none), type_ids
+    (index into SAMPLE_TYPES, -1 for padding), the vision tensors of all samples in order, the counts `skipped`
+    and `too_long`, and `dropped`: what the reader lost, one count per `mimovl.data.stream.DROPPED` name, in
+    that order (`dropped_counts` names them).
     """
     batch = {
         "input_ids": torch.full((len(rows), seq_len), pad_id, dtype=torch.long),
@@ -111,20 +113,28 @@ def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.
         "segment_ids": torch.zeros((len(rows), seq_len), dtype=torch.long),
         "type_ids": torch.full((len(rows), seq_len), -1, dtype=torch.long),
     }
+    if any(sample.branches for row in rows for sample in row.samples):
+        batch["prefix_ids"] = torch.zeros((len(rows), seq_len), dtype=torch.long)
     vision: dict[str, list[torch.Tensor]] = {name: [] for name in VISION_FIELDS}
     for b, row in enumerate(rows):
-        start = 0
-        for segment, sample in enumerate(row.samples, start=1):
+        start, segment = 0, 1
+        for sample in row.samples:
             end = start + len(sample)
             batch["input_ids"][b, start:end] = sample.input_ids
             batch["targets"][b, start:end] = sample.targets
             batch["mm_token_type_ids"][b, start:end] = sample.mm_token_type_ids
             batch["segment_ids"][b, start:end] = segment
             batch["type_ids"][b, start:end] = SAMPLE_TYPES.index(sample.type)
+            prefix, branch_start = segment, end - sum(sample.branches)
+            for length in sample.branches:  # each branch a segment of its own that also sees the prefix
+                segment += 1
+                batch["segment_ids"][b, branch_start : branch_start + length] = segment
+                batch["prefix_ids"][b, branch_start : branch_start + length] = prefix
+                branch_start += length
             for name in VISION_FIELDS:
                 if (value := getattr(sample, name)) is not None:
                     vision[name].append(value)
-            start = end
+            start, segment = end, segment + 1
     for name, parts in vision.items():
         if parts:
             batch[name] = torch.cat(parts)
