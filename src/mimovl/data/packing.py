@@ -102,8 +102,8 @@ def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.
     Returns input_ids, targets (next-token labels, IGNORE where nothing is learned), mm_token_type_ids,
     segment_ids (1.. per sample, 0 for padding; a sample with branches numbers its prefix, then each branch),
     prefix_ids (only when a sample has branches: per token the segment of its prefix, 0 = none), type_ids
-    (index into SAMPLE_TYPES, -1 for padding), the vision tensors of all samples in order, the counts `skipped`
-    and `too_long`, and `dropped`: what the reader lost, one count per `mimovl.data.stream.DROPPED` name, in
+    (index into SAMPLE_TYPES, -1 for padding), the vision tensors of all samples in order, the counts `skipped`,
+    `too_long` and `split` (documents cut into pieces), and `dropped`: what the reader lost, one count per `mimovl.data.stream.DROPPED` name, in
     that order (`dropped_counts` names them).
     """
     batch = {
