@@ -12,6 +12,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -54,46 +55,81 @@ def pack_rows(samples: Iterable[Encoded], seq_len: int, buffer: int) -> Iterator
     A document longer than seq_len is held as its pieces (`split_document`); another sample longer than seq_len
     is dropped. Raises a UsageError when MAX_TOO_LONG_IN_A_ROW samples in a row are dropped so.
     """
-    held: list[Encoded] = []
-    skipped = too_long = too_long_in_a_row = split = 0
-    dropped: Counter = Counter()
-    stream = iter(samples)
-    exhausted = False
-    while True:
-        while not exhausted and len(held) < buffer:
-            sample = next(stream, None)
-            if sample is None:
-                exhausted = True
-                continue
-            skipped += sample.skipped
-            dropped.update(sample.dropped)
-            if (pieces := split_document(sample, seq_len)) is not None:
-                held.extend(pieces)
-                split += len(pieces) > 1
-                too_long_in_a_row = 0
-                continue
-            too_long += 1
-            too_long_in_a_row += 1
-            if too_long_in_a_row >= MAX_TOO_LONG_IN_A_ROW and not held:
-                raise UsageError(
-                    f"stage.seq_len={seq_len}: {too_long_in_a_row} samples in a row are longer than a row (the last: "
-                    f"{len(sample)} tokens, type {sample.type}); raise stage.seq_len"
-                )
-        if not held:
-            return
-        row, space = Row(skipped=skipped, too_long=too_long, dropped=dropped, split=split), seq_len
-        skipped = too_long = split = 0
-        dropped = Counter()
-        pick = held[0]
+    return Packer(seq_len, buffer).rows((None, sample) for sample in samples)
+
+
+class Packer:
+    """`pack_rows` as an object whose held samples and running counts are its state, so that a resumed stream
+    packs the rows the uninterrupted one packs.
+
+    `rows(items)` takes (tag, sample) pairs; a tag is the caller's name for where a sample came from (the
+    stream's "origin"), kept with each held piece. `state_dict()` gives the held pieces by (tag, piece index) and
+    the counts; `load_state_dict(state, samples)` holds them again, asking `samples(tags)` for {tag: sample}.
+    """
+
+    def __init__(self, seq_len: int, buffer: int):
+        self.seq_len, self.buffer = seq_len, buffer
+        self.held: list[tuple[Any, int, Encoded]] = []  # (tag, piece index, piece), oldest first
+        self.skipped = self.too_long = self.too_long_in_a_row = self.split = 0
+        self.dropped: Counter = Counter()
+        self.exhausted = False  # the input ended
+
+    def rows(self, items: Iterable[tuple[Any, Encoded]]) -> Iterator[Row]:
+        items = iter(items)
         while True:
-            held.remove(pick)
-            row.samples.append(pick)
-            space -= len(pick)
-            fitting = [s for s in held if len(s) <= space]
+            while not self.exhausted and len(self.held) < self.buffer:
+                item = next(items, None)
+                if item is None:
+                    self.exhausted = True
+                else:
+                    self._hold(*item)
+            if not self.held:
+                return
+            yield self._row()
+
+    def _hold(self, tag, sample: Encoded) -> None:
+        self.skipped += sample.skipped
+        self.dropped.update(sample.dropped)
+        if (pieces := split_document(sample, self.seq_len)) is not None:
+            self.held.extend((tag, i, piece) for i, piece in enumerate(pieces))
+            self.split += len(pieces) > 1
+            self.too_long_in_a_row = 0
+            return
+        self.too_long += 1
+        self.too_long_in_a_row += 1
+        if self.too_long_in_a_row >= MAX_TOO_LONG_IN_A_ROW and not self.held:
+            raise UsageError(
+                f"stage.seq_len={self.seq_len}: {self.too_long_in_a_row} samples in a row are longer than a row (the "
+                f"last: {len(sample)} tokens, type {sample.type}); raise stage.seq_len"
+            )
+
+    def _row(self) -> Row:
+        row = Row(skipped=self.skipped, too_long=self.too_long, dropped=self.dropped, split=self.split)
+        self.skipped = self.too_long = self.split = 0
+        self.dropped = Counter()
+        space, pick = self.seq_len, 0
+        while True:
+            piece = self.held.pop(pick)[2]
+            row.samples.append(piece)
+            space -= len(piece)
+            fitting = [i for i, (_, _, held) in enumerate(self.held) if len(held) <= space]
             if not fitting:
-                break
-            pick = max(fitting, key=len)
-        yield row
+                return row
+            pick = max(fitting, key=lambda i: len(self.held[i][2]))  # the first of the longest
+
+    def state_dict(self) -> dict:
+        return {"held": [(tag, i) for tag, i, _ in self.held], "skipped": self.skipped, "too_long": self.too_long,
+                "too_long_in_a_row": self.too_long_in_a_row, "split": self.split, "dropped": dict(self.dropped),
+                "exhausted": self.exhausted}
+
+    def load_state_dict(self, state: dict, samples: Callable[[list], dict]) -> None:
+        held = [(tuple(tag) if isinstance(tag, list) else tag, i) for tag, i in state["held"]]
+        again = samples(list(dict.fromkeys(tag for tag, _ in held)))
+        pieces = {tag: split_document(sample, self.seq_len) for tag, sample in again.items()}
+        self.held = [(tag, i, pieces[tag][i]) for tag, i in held]
+        self.skipped, self.too_long, self.split = state["skipped"], state["too_long"], state["split"]
+        self.too_long_in_a_row, self.exhausted = state["too_long_in_a_row"], state["exhausted"]
+        self.dropped = Counter(state["dropped"])
 
 
 def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -103,8 +139,8 @@ def collate_rows(rows: list[Row], seq_len: int, pad_id: int) -> dict[str, torch.
     segment_ids (1.. per sample, 0 for padding; a sample with branches numbers its prefix, then each branch),
     prefix_ids (only when a sample has branches: per token the segment of its prefix, 0 = none), type_ids
     (index into SAMPLE_TYPES, -1 for padding), the vision tensors of all samples in order, the counts `skipped`,
-    `too_long` and `split` (documents cut into pieces), and `dropped`: what the reader lost, one count per `mimovl.data.stream.DROPPED` name, in
-    that order (`dropped_counts` names them).
+    `too_long` and `split` (documents cut into pieces), and `dropped`: what the reader lost, one count per
+    `mimovl.data.stream.DROPPED` name, in that order (`dropped_counts` names them).
     """
     batch = {
         "input_ids": torch.full((len(rows), seq_len), pad_id, dtype=torch.long),

@@ -4,10 +4,12 @@ pairs (`mimovl.data.pairs` encodes each pair)."""
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
+
 from mimovl.data.datamodule import PackedStream, ShardDataModule
-from mimovl.data.packing import pack_rows, with_window
+from mimovl.data.packing import with_window
 from mimovl.data.pairs import Pair, collate_pairs, encode_pair, is_text_only
 from mimovl.data.schema import MODALITIES
+from mimovl.data.stream import MixedIterator
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +29,10 @@ class PairStream(PackedStream):
         super().__init__(sources, processor, seq_len, pack_buffer, **stream_args)
         self.modality = modality
 
-    def pairs(self) -> Iterator[Pair]:
-        """Encoded pairs in stream order; samples the modality drops pass their skip counts on."""
+    def items(self, stream: MixedIterator) -> Iterator[tuple[tuple, Pair]]:
+        """(origin, encoded pair) in stream order; samples the modality drops pass their skip counts on."""
         carried, dropped, filtered = 0, Counter(), 0
-        for sample in self.samples:
+        for sample in stream:
             carried += sample.get("skipped_before", 0)
             dropped.update(sample.get("dropped_before", {}))
             if self.modality == "text" and not is_text_only(sample):
@@ -39,13 +41,16 @@ class PairStream(PackedStream):
                     raise ValueError(f"{filtered} preference samples in a row have images or videos; a text reward "
                                      "model needs text-only pairs in its sources")
                 continue
-            pair = encode_pair(sample, self.processor)
+            pair = self.encode(sample)
             pair.skipped, pair.dropped = carried, dropped
             carried, dropped, filtered = 0, Counter(), 0
-            yield pair
+            yield sample["origin"], pair
 
-    def __iter__(self):
-        return pack_rows(self.pairs(), self.seq_len, self.pack_buffer)
+    def encode(self, sample: dict) -> Pair:
+        return encode_pair(sample, self.processor)
+
+    def settings(self) -> dict:
+        return {**super().settings(), "modality": self.modality}
 
 
 def pairs_in(batch: dict) -> int:

@@ -9,7 +9,15 @@ Training (resample=True) streams forever; eval (resample=False) reads every shar
 
 Determinism: every random choice (which shard next, the shuffle buffer, which source next) comes from a
 `random.Random` seeded from (seed, source, rank, world size, worker, worker count), so the same arguments give
-the same sample sequence in every run; resuming re-reads the stream and skips consumed batches.
+the same sample sequence in every run.
+
+Resuming: the stream's position is its state. `MixedStream.state_dict()` (in the worker that iterates it; a
+StatefulDataLoader collects one per worker) gives, per source, the shard being read and the byte offset to read it
+on from, the shuffle buffer's random state and the shard and offset of each sample it holds
+(`mimovl.data.sources`), and the mixer's random state, its one sample of lookahead (by shard and offset) and the
+loss counts not yet reported. `load_state_dict(state)` before `iter` goes on exactly where the saved stream was:
+it re-reads the held samples by offset (the lookahead one is decoded again) and reads nothing else twice. Every
+sample carries "origin" (source, shard, offset): `MixedIterator.fetch` reads samples again by it.
 
 Splitting: rank r of world size W, DataLoader worker w of N, reads "slot" r*N + w of W*N. A source with at
 least W*N shards gives each slot its own shards (disjoint); with fewer, every slot resamples from all of them
@@ -37,24 +45,16 @@ The training stages sum these over ranks into summary.json: `skipped` (all skipp
 from __future__ import annotations
 
 import glob
-import hashlib
-import io
-import json
 import logging
 import os
 import random
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from functools import partial
-from itertools import islice
+from collections import Counter, defaultdict
 
-import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
-from mimovl.data.schema import validate
-from mimovl.data.tars import TRUNCATED, tar_samples
+from mimovl.data.decode import CorruptSample, decode_sample, sample_frames  # noqa: F401 (the reader's names)
+from mimovl.data.sources import SourceStream, stable_seed
 from mimovl.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -63,136 +63,6 @@ log = logging.getLogger(__name__)
 # Why a sample was skipped, in a fixed order (the stages sum them over ranks as one vector); see the docstring.
 SKIP_REASONS = ("truncated_member", "missing_member", "bad_json", "missing_field", "bad_image", "bad_schema")
 DROPPED = (*SKIP_REASONS, "shard_errors")  # everything a stream counts as lost, in batch["dropped"] order
-
-
-class CorruptSample(ValueError):
-    """A sample that cannot be decoded; the message names its shard, key and the problem, `reason` is one of
-    SKIP_REASONS."""
-
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-class _Skip(ValueError):
-    """A decoding failure whose reason its class knows (the other reasons follow from the exception type)."""
-
-    reason = "bad_schema"
-
-
-class TruncatedMember(_Skip):
-    reason = "truncated_member"
-
-
-class MissingMember(_Skip):
-    reason = "missing_member"
-
-
-class BadImage(_Skip):
-    reason = "bad_image"
-
-
-def sample_frames(timestamps: Sequence[float], target_fps: float | None, max_frames: int | None) -> list[int]:
-    """Indices of the frames to keep: the frame nearest each tick of a `target_fps` grid from the first
-    timestamp to the last; if that exceeds `max_frames`, `max_frames` ticks spread evenly over the same span.
-
-    16 frames at 4 fps (0, 0.25, ..., 3.75) at target 2 fps -> [0, 2, 4, ..., 14] (0, 0.5, ..., 3.5).
-    Sources slower than the target keep all their frames. None disables either limit.
-    """
-    ts = np.asarray(timestamps, dtype=float)
-    idx = np.arange(len(ts))
-    if len(ts) == 0:
-        return []
-    if target_fps:
-        ticks = ts[0] + np.arange(int(np.floor((ts[-1] - ts[0]) * target_fps + 1e-6)) + 1) / target_fps
-        idx = _nearest(ts, ticks)
-    if max_frames and len(idx) > max_frames:
-        idx = _nearest(ts, np.linspace(ts[0], ts[-1], max_frames))
-    return idx.tolist()
-
-
-def _nearest(ts: np.ndarray, ticks: np.ndarray) -> np.ndarray:
-    right = np.clip(np.searchsorted(ts, ticks), 0, len(ts) - 1)
-    left = np.clip(right - 1, 0, len(ts) - 1)
-    pick = np.where(np.abs(ts[left] - ticks) <= np.abs(ts[right] - ticks), left, right)
-    return np.unique(pick)
-
-
-def decode_sample(
-    raw: dict, source: str, *, video_fps: float | None = None, max_frames: int | None = None
-) -> dict:
-    """Turn one tar sample (webdataset's dict of member bytes) into a validated schema sample.
-
-    Videos are subsampled to `video_fps` / `max_frames` here, so dropped frames are never decoded.
-    Raises CorruptSample on anything wrong, with its reason (SKIP_REASONS): a member cut off, a missing member
-    or field, bad JSON, undecodable or truncated image bytes, a schema violation.
-    """
-    try:
-        return _decode(raw, source, video_fps, max_frames)
-    except Exception as exn:
-        where = f"shard {raw.get('__url__')} key {raw.get('__key__')}"
-        raise CorruptSample(f"{where}: {type(exn).__name__}: {exn}", _skip_reason(exn)) from exn
-
-
-def _skip_reason(exn: Exception) -> str:
-    if isinstance(exn, _Skip):
-        return exn.reason
-    if isinstance(exn, (json.JSONDecodeError, UnicodeDecodeError)):
-        return "bad_json"
-    if isinstance(exn, KeyError):  # a field read from the JSON header
-        return "missing_field"
-    return "bad_schema"
-
-
-def _decode(raw: dict, source: str, video_fps: float | None, max_frames: int | None) -> dict:
-    if TRUNCATED in raw:
-        raise TruncatedMember("the shard ends inside one of its members")
-    if "json" not in raw:
-        raise MissingMember("missing member KEY.json")
-    header = json.loads(raw["json"])
-    images, videos = [], []
-    for item in header["media"]:
-        if item["kind"] == "image":
-            images.append(_image(raw, item["name"]))
-        elif item["kind"] == "video":
-            names, ts = item["names"], [float(t) for t in item["timestamps"]]
-            if len(names) != len(ts):
-                raise ValueError(f"video has {len(names)} frames but {len(ts)} timestamps")
-            keep = sample_frames(ts, video_fps, max_frames)
-            kept_ts = [ts[k] for k in keep]
-            fps = float(item["fps"])
-            if len(keep) < len(ts):  # the rate of what was kept
-                fps = (len(keep) - 1) / (kept_ts[-1] - kept_ts[0]) if len(keep) > 1 else fps
-            videos.append(
-                {"frames": [_image(raw, names[k]) for k in keep], "timestamps": kept_ts, "fps": fps}
-            )
-        else:
-            raise ValueError(f"unknown media kind {item['kind']!r}")
-    sample = {
-        "key": raw["__key__"],
-        "source": source,
-        "type": header["type"],
-        "messages": header["messages"],
-        "images": images,
-        "videos": videos,
-        "meta": header["meta"],
-        "skipped_before": 0,
-        "dropped_before": {},
-    }
-    validate(sample)
-    return sample
-
-
-def _image(raw: dict, name: str) -> Image.Image:
-    if name not in raw:
-        raise MissingMember(f"missing member KEY.{name}")
-    try:
-        img = Image.open(io.BytesIO(raw[name]))
-        img.load()  # decode now: truncated or corrupt bytes fail here, not in a training step
-        return img.convert("RGB")
-    except Exception as exn:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        raise BadImage(f"member KEY.{name}: {type(exn).__name__}: {exn}") from exn
-
 
 class SkipCounter:
     """A webdataset error handler that logs each failure, counts it by DROPPED name and never re-raises.
@@ -222,6 +92,12 @@ class SkipCounter:
         taken, self._pending = self._pending, Counter()
         return taken
 
+    def state_dict(self) -> dict:
+        return {"counts": dict(self.counts), "pending": dict(self._pending)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts, self._pending = Counter(state["counts"]), Counter(state["pending"])
+
 
 def mixed_stream(
     sources: dict[str, dict],
@@ -241,13 +117,17 @@ def mixed_stream(
     video_fps / max_frames: frame subsampling at read time (sample_frames); None keeps every frame.
     rank / world_size default to env RANK / WORLD_SIZE or torch.distributed, read when iteration starts.
     config_key: where the sources are configured, named by the error for a pattern that matches nothing.
-    See the module docstring for determinism and splitting.
+    See the module docstring for determinism, splitting and resuming.
     """
     return MixedStream(sources, seed, shuffle_buffer, resample, video_fps, max_frames, rank, world_size, config_key)
 
 
 class MixedStream(torch.utils.data.IterableDataset):
-    """The dataset mixed_stream returns; each DataLoader worker builds its own pipelines in __iter__."""
+    """The dataset mixed_stream returns; each DataLoader worker builds its own `MixedIterator` in __iter__.
+
+    `state_dict()` is the position of the iterator last built (in this process: a worker's own); `load_state_dict`
+    makes the next `iter` start there (the same sources, seed, split and settings, or a ValueError).
+    """
 
     def __init__(self, sources, seed, shuffle_buffer, resample, video_fps, max_frames, rank, world_size,
                  config_key="data.sources"):
@@ -265,98 +145,105 @@ class MixedStream(torch.utils.data.IterableDataset):
         self.seed, self.shuffle_buffer, self.resample = seed, shuffle_buffer, resample
         self.video_fps, self.max_frames = video_fps, max_frames
         self.rank, self.world_size = rank, world_size
+        self._live: MixedIterator | None = None
+        self._resume: dict | None = None
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> MixedIterator:
         rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
         if self.rank is not None:
             rank, world_size = self.rank, self.world_size
-        slot, nslots = rank * num_workers + worker, world_size * num_workers
-        counter = SkipCounter()
-        streams = [
-            iter(self._pipeline(name, urls, slot, nslots, counter))
-            for name, (urls, _) in self.sources.items()
-        ]
-        weights = [w for _, w in self.sources.values()]
-        rng = random.Random(stable_seed("mix", self.seed, slot, nslots))
-        return _count_skips(_mix(streams, weights, rng), counter)
+        self._live = MixedIterator(self, rank * num_workers + worker, world_size * num_workers)
+        if self._resume is not None:
+            state, self._resume = self._resume, None
+            self._live.load_state_dict(state)
+        return self._live
 
-    def _pipeline(
-        self, name: str, urls: list[str], slot: int, nslots: int, counter: SkipCounter
-    ) -> wds.DataPipeline:
-        # webdataset's split_by_node / split_by_worker read the rank only from the environment; one slice
-        # over the global slot does both and honours explicit rank arguments.
-        if self.resample:
-            mine = urls[slot::nslots] if len(urls) >= nslots else urls
-            shard_seed = stable_seed("shards", self.seed, name, slot, nslots)
-            shards = [wds.ResampledShards(mine, seed=shard_seed, worker_seed=lambda: 0, deterministic=True)]
-        else:
-            # the same shard order on every slot, so the slices stay disjoint
-            order_seed = stable_seed("order", self.seed, name)
-            shards = [wds.SimpleShardList(urls, seed=order_seed), lambda src: islice(src, slot, None, nslots)]
-        shuffle = None
-        if self.shuffle_buffer > 1:
-            shuffle = wds.shuffle(
-                self.shuffle_buffer, rng=random.Random(stable_seed("shuffle", self.seed, name, slot, nslots))
-            )
-        decode = partial(decode_sample, source=name, video_fps=self.video_fps, max_frames=self.max_frames)
-        stall = StallGuard(name, limit=10 * len(urls) + 10)
-        # shuffle raw member bytes (compressed), decode afterwards: the buffer stays small
-        return wds.DataPipeline(
-            *shards, stall.count_shards, partial(tar_samples, handler=counter), shuffle,
-            wds.map(decode, handler=counter), stall.reset_on_samples,
-        )
+    def state_dict(self) -> dict | None:
+        return self._live.state_dict() if self._live is not None else self._resume
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self._resume = state
 
 
-class StallGuard:
-    """Fails a source that keeps opening shards without yielding one good sample.
+class MixedIterator:
+    """One slot's samples: each drawn from a source chosen by weight (an exhausted source drops out of the draw),
+    with what was lost since the previous sample (see the module docstring); its position is its state.
 
-    A resampled source of empty or all-corrupt shards would otherwise spin forever without a word.
+    Written here because wds.RandomMix draws from the global `random` module, which no seed here controls, and
+    keeps its place where nothing can save it.
     """
 
-    def __init__(self, name: str, limit: int):
-        self.name, self.limit, self.opened = name, limit, 0
+    def __init__(self, stream: MixedStream, slot: int, nslots: int):
+        self.slot, self.nslots = slot, nslots
+        self.counter = SkipCounter()
+        self.sources = {
+            name: SourceStream(name, urls, slot, nslots, stream.seed, stream.shuffle_buffer, stream.resample,
+                               self.counter, stream.video_fps, stream.max_frames)
+            for name, (urls, _) in stream.sources.items()
+        }
+        self.weights = {name: weight for name, (_, weight) in stream.sources.items()}
+        self.alive = list(self.sources)  # the sources still in the draw, in order
+        self.rng = random.Random(stable_seed("mix", stream.seed, slot, nslots))
+        # One sample of lookahead, so the losses after the last sample of a finite stream are still reported.
+        self.ahead: dict | None = None
+        self.done = False  # every source is exhausted
 
-    def count_shards(self, shards: Iterator) -> Iterator:
-        for shard in shards:
-            self.opened += 1
-            if self.opened > self.limit:
-                raise RuntimeError(
-                    f"source {self.name!r}: opened {self.opened - 1} shards in a row without one good sample "
-                    "(empty shards, or only corrupt samples?)"
-                )
-            yield shard
+    def __iter__(self) -> MixedIterator:
+        return self
 
-    def reset_on_samples(self, samples: Iterator[dict]) -> Iterator[dict]:
-        for sample in samples:
-            self.opened = 0
-            yield sample
+    def __next__(self) -> dict:
+        while not self.done:
+            sample = self._draw()
+            if sample is None:
+                self.done = True
+                break
+            _carry(sample, self.counter.take())
+            sample, self.ahead = self.ahead, sample
+            if sample is not None:
+                return sample
+        if self.ahead is None:
+            raise StopIteration
+        sample, self.ahead = self.ahead, None
+        _carry(sample, self.counter.take())
+        return sample
 
+    def _draw(self) -> dict | None:
+        while self.alive:
+            i = self.rng.choices(range(len(self.alive)), [self.weights[name] for name in self.alive])[0]
+            try:
+                return next(self.sources[self.alive[i]])
+            except StopIteration:
+                del self.alive[i]
+        return None
 
-def _mix(streams: list[Iterator[dict]], weights: list[float], rng: random.Random) -> Iterator[dict]:
-    """Draw the next sample from a source chosen by weight; an exhausted source drops out of the draw.
+    def fetch(self, origins: list[tuple]) -> dict[tuple, dict]:
+        """{origin: sample} for samples this stream yielded before (their "origin"), decoded again."""
+        by_source = defaultdict(list)
+        for name, shard, offset in origins:
+            by_source[name].append((shard, offset))
+        return {(name, *place): sample for name, places in by_source.items()
+                for place, sample in self.sources[name].fetch(places).items()}
 
-    Written here because wds.RandomMix draws from the global `random` module, which no seed here controls.
-    """
-    streams, weights = list(streams), list(weights)
-    while streams:
-        i = rng.choices(range(len(streams)), weights)[0]
-        try:
-            yield next(streams[i])
-        except StopIteration:
-            del streams[i], weights[i]
+    def state_dict(self) -> dict:
+        ahead = self.ahead and {"origin": self.ahead["origin"], "dropped_before": dict(self.ahead["dropped_before"])}
+        return {"slot": [self.slot, self.nslots], "sources": {name: s.state_dict() for name, s in self.sources.items()},
+                "mix": {"rng": self.rng.getstate(), "alive": list(self.alive)}, "counter": self.counter.state_dict(),
+                "ahead": ahead, "done": self.done}
 
-
-def _count_skips(samples: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:
-    # one sample of lookahead so the losses after the last sample of a finite stream are still reported
-    prev = None
-    for sample in samples:
-        _carry(sample, counter.take())
-        if prev is not None:
-            yield prev
-        prev = sample
-    if prev is not None:
-        _carry(prev, counter.take())
-        yield prev
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["slot"]) != [self.slot, self.nslots] or set(state["sources"]) != set(self.sources):
+            raise ValueError(f"a stream position of slot {state['slot']} with sources {sorted(state['sources'])} "
+                             f"cannot resume slot {[self.slot, self.nslots]} of {sorted(self.sources)}")
+        for name, source in self.sources.items():
+            source.load_state_dict(state["sources"][name])
+        self.rng.setstate(state["mix"]["rng"])
+        self.alive = list(state["mix"]["alive"])
+        self.counter.load_state_dict(state["counter"])
+        self.done, self.ahead = state["done"], None
+        if state["ahead"] is not None:
+            origin = tuple(state["ahead"]["origin"])
+            self.ahead = self.fetch([origin])[origin]
+            _carry(self.ahead, Counter(state["ahead"]["dropped_before"]))
 
 
 def _carry(sample: dict, dropped: Counter) -> None:
@@ -364,11 +251,6 @@ def _carry(sample: dict, dropped: Counter) -> None:
     total = Counter(sample["dropped_before"]) + dropped
     sample["dropped_before"] = dict(total)
     sample["skipped_before"] = sum(total[reason] for reason in SKIP_REASONS)
-
-
-def stable_seed(*parts) -> int:
-    """A 64-bit seed from any printable parts; unlike hash(), the same in every process."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
 def expand_shards(key: str, urls: str | list[str]) -> list[str]:
