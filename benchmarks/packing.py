@@ -31,7 +31,8 @@ from mimovl.data.stream import mixed_stream  # noqa: E402
 from mimovl.data.synthetic import write_synthetic  # noqa: E402
 from mimovl.model.attention import use_attention  # noqa: E402
 from mimovl.model.build import build_tiny  # noqa: E402
-from mimovl.model.packed import PackedVLM, token_losses  # noqa: E402
+from mimovl.model.logits import token_losses  # noqa: E402
+from mimovl.model.packed import PackedVLM  # noqa: E402
 
 
 # build_tiny sizes: "tiny" is the test model; "small" has ~30M parameters.

@@ -93,7 +93,8 @@ def update_share_prompt(model_size: str, prompts: int, group: int, new_tokens: i
     from mimovl.generate.prompts import to_prompt
     from mimovl.model.attention import use_attention
     from mimovl.model.build import build_tiny
-    from mimovl.model.packed import PackedVLM, token_losses
+    from mimovl.model.logits import token_losses
+    from mimovl.model.packed import PackedVLM
     from mimovl.rl.batch import rollout_batch
     from mimovl.rl.grpo import LossConfig, group_advantages, policy_loss
 

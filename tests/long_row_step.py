@@ -16,7 +16,8 @@ import torch  # noqa: E402
 
 from mimovl.model.attention import use_attention  # noqa: E402
 from mimovl.model.build import build_tiny  # noqa: E402
-from mimovl.model.packed import PackedVLM, token_losses  # noqa: E402
+from mimovl.model.logits import token_losses  # noqa: E402
+from mimovl.model.packed import PackedVLM  # noqa: E402
 
 DOCUMENTS = (4096, 8192, 2048, 6000, 3000, 9000)  # tokens per sample, cut at the row's end; the rest is padding
 

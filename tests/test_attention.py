@@ -17,7 +17,8 @@ from mimovl.generate.prompts import Prompt
 from mimovl.model import attention
 from mimovl.model.attention import Layout, use_attention
 from mimovl.model.build import build_tiny
-from mimovl.model.packed import PackedVLM, packed_position_ids, token_losses
+from mimovl.model.logits import token_losses
+from mimovl.model.packed import PackedVLM, packed_position_ids
 from mimovl.rl.batch import rollout_batch
 from mimovl.rl.grpo import LossConfig, group_advantages, policy_loss
 from test_packing import _samples

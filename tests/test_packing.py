@@ -10,7 +10,8 @@ from mimovl.data.schema import chat, document, image, text, video
 from mimovl.errors import UsageError
 from mimovl.model.attention import use_attention
 from mimovl.model.build import build_tiny
-from mimovl.model.packed import PackedVLM, token_losses
+from mimovl.model.logits import token_losses
+from mimovl.model.packed import PackedVLM
 
 
 def _sized(n: int, skipped: int = 0) -> Encoded:

@@ -9,8 +9,9 @@ its prefix and continues its positions.
 
 import torch
 
-from mimovl.data.encode import IGNORE, IMAGE, TEXT, VIDEO
+from mimovl.data.encode import IMAGE, TEXT, VIDEO
 from mimovl.model.attention import Layout, block_causal_mask, is_varlen
+from mimovl.model.logits import chunked_token_losses
 
 
 def _runs(types: torch.Tensor, value: int) -> int:
@@ -73,15 +74,23 @@ class PackedVLM(torch.nn.Module):
     inside one root forward.
     """
 
-    def __init__(self, hf_model):
+    def __init__(self, hf_model, logits_chunk: int = 0):
         super().__init__()
         self.hf = hf_model
+        self.logits_chunk = logits_chunk  # tokens of full-vocabulary logits at a time in losses (0: all)
 
-    def forward(self, batch: dict, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, L, V); or (N, V) at the N True entries of the (B, L) mask `positions` only, which saves
-        the memory of full-vocabulary logits where nothing is learned (20 GB per 32K row at 152K vocab)."""
+    def forward(self, batch: dict, positions: torch.Tensor | None = None, losses: bool = False,
+                temperature: float = 1.0) -> torch.Tensor:
+        """Logits (B, L, V); or (N, V) at the N True entries of the (B, L) mask `positions` only.
+
+        losses=True: the (N,) float32 cross-entropy of `batch["targets"]` at `positions` under
+        logits / temperature instead (what training needs), `logits_chunk` tokens of logits at a time
+        (`mimovl.model.logits`), so the full-vocabulary logits never exist at once."""
         hidden = self.hidden_states(batch)
-        return self.hf.lm_head(hidden if positions is None else hidden[positions])
+        if not losses:
+            return self.hf.lm_head(hidden if positions is None else hidden[positions])
+        return chunked_token_losses(hidden[positions], self.hf.lm_head, batch["targets"][positions],
+                                    self.logits_chunk, temperature)
 
     def hidden_states(self, batch: dict) -> torch.Tensor:
         """The language model's last hidden states (B, L, H), after its final norm. Under FSDP2 call it only
@@ -125,12 +134,3 @@ class PackedVLM(torch.nn.Module):
         if video_mask.any():
             embeds = embeds.masked_scatter(video_mask[..., None], tokens[n_image:])
         return embeds
-
-
-def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy in float32, shaped like `targets`, 0 where the target is IGNORE.
-
-    `logits` is `targets.shape + (V,)`: (B, L, V) for (B, L) targets or (N, V) for (N,) targets."""
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view_as(targets)

@@ -64,6 +64,7 @@ def build_model(cfg: DictConfig, init: str | None):
     """(model, processor) for this stage: loaded from `init`, or built from cfg.model."""
     settings = dict(cfg.model)
     attention = settings.pop("attn", "auto")
+    settings.pop("logits_chunk", None)  # the stage module's (stage.module.logits_chunk)
     require(attention in BACKENDS, "model.attn", attention, f"one of {BACKENDS}")
     if init is not None:
         log.info("starting from %s", init)

@@ -15,7 +15,8 @@ from transformers import get_constant_schedule_with_warmup
 
 from mimovl.data.encode import IGNORE
 from mimovl.metrics import finite_or_none
-from mimovl.model.packed import PackedVLM, token_losses
+from mimovl.model.logits import check_chunk
+from mimovl.model.packed import PackedVLM
 from mimovl.model.parts import param_groups
 from mimovl.rl.data import RolloutRequest
 from mimovl.rl.grpo import LossConfig, policy_loss
@@ -33,13 +34,16 @@ class GRPOModule(StageModule):
             distribution the responses were drawn from.
         warmup_steps: linear warm-up of the (then constant) learning rate.
         gradient_clip_val: gradient norm clip per optimizer step (None: off); train.py moves the trainer's here.
+        activation_checkpointing: recompute ViT blocks and decoder layers in the backward pass.
+        logits_chunk: tokens of full-vocabulary logits computed at a time for log-probabilities (0: all at once).
     """
 
     def __init__(self, model, trainable: list[str], lr: dict[str, float], loss: dict | None = None,
                  temperature: float = 1.0, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
                  warmup_steps: int = 0, gradient_clip_val: float | None = 1.0,
-                 activation_checkpointing: bool = False):
-        super().__init__(PackedVLM(model.train()), trainable, lr, activation_checkpointing)
+                 activation_checkpointing: bool = False, logits_chunk: int = 0):
+        super().__init__(PackedVLM(model.train(), check_chunk(logits_chunk)), trainable, lr,
+                         activation_checkpointing)
         self.save_hyperparameters(ignore=["model"])
         self.automatic_optimization = False
         self.loss_config = LossConfig(**(loss or {}))
@@ -47,7 +51,7 @@ class GRPOModule(StageModule):
         # The frozen starting policy, only when the KL term needs it.
         self.reference = None
         if self.loss_config.kl_coef:
-            self.reference = PackedVLM(copy.deepcopy(model).eval().requires_grad_(False))
+            self.reference = PackedVLM(copy.deepcopy(model).eval().requires_grad_(False), logits_chunk)
 
     @property
     def updates_per_batch(self) -> int:
@@ -66,9 +70,7 @@ class GRPOModule(StageModule):
 
     def token_logp(self, net: PackedVLM, batch: dict) -> torch.Tensor:
         """log pi of each sampled token, flat over the learned positions (in their order in the batch)."""
-        learned = batch["targets"] != IGNORE
-        logits = net(batch, learned) / self.hparams.temperature
-        return -token_losses(logits, batch["targets"][learned])
+        return -net(batch, batch["targets"] != IGNORE, losses=True, temperature=self.hparams.temperature)
 
     def training_step(self, batch: RolloutRequest, batch_idx: int) -> None:
         start = time.perf_counter()

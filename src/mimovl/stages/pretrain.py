@@ -13,7 +13,8 @@ from mimovl.data.encode import IGNORE
 from mimovl.data.packing import add_counts, dropped_counts, flat_counts
 from mimovl.data.schema import SAMPLE_TYPES
 from mimovl.metrics import finite_or_none, global_sum, log_present
-from mimovl.model.packed import PackedVLM, token_losses
+from mimovl.model.logits import check_chunk
+from mimovl.model.packed import PackedVLM
 from mimovl.model.parts import param_groups
 from mimovl.stages.base import StageModule
 from mimovl.stages.optim import warmup_cosine
@@ -30,6 +31,7 @@ class PretrainModule(StageModule):
         warmup_ratio: share of the steps spent in linear warm-up.
         min_lr_ratio: where the cosine ends, as a share of each part's lr.
         activation_checkpointing: recompute ViT blocks and decoder layers in the backward pass.
+        logits_chunk: tokens of full-vocabulary logits computed at a time in the loss (0: all at once).
     """
 
     def __init__(
@@ -42,11 +44,12 @@ class PretrainModule(StageModule):
         warmup_ratio: float = 0.05,
         min_lr_ratio: float = 0.1,
         activation_checkpointing: bool = False,
+        logits_chunk: int = 0,
     ):
         # train(): from_pretrained returns eval mode. The history is the global mean loss per optimizer step; the
         # data counters are global (positions trained on, real tokens among them, corrupt and too-long samples
         # skipped, long documents split, skips by reason, shard read errors). Both are kept in checkpoints.
-        super().__init__(PackedVLM(model.train()), trainable, lr, activation_checkpointing,
+        super().__init__(PackedVLM(model.train(), check_chunk(logits_chunk)), trainable, lr, activation_checkpointing,
                          data_counts={"skipped": 0, "too_long": 0, "split": 0, "tokens": 0, "real_tokens": 0,
                                       **dropped_counts()})
         self.save_hyperparameters(ignore=["model"])
@@ -59,7 +62,7 @@ class PretrainModule(StageModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         learned = batch["targets"] != IGNORE
-        losses = token_losses(self.net(batch, learned), batch["targets"][learned])
+        losses = self.net(batch, learned, losses=True)
         # One all-reduce for everything the step reports: loss sum, learned tokens, and the data counters.
         segments = batch["segment_ids"]
         local = torch.cat([torch.stack([
