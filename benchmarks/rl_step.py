@@ -6,7 +6,7 @@ with the prompt shared by its group against a prompt copy per response.
     python benchmarks/rl_step.py --part update      # only rl.share_prompt on vs off (no vLLM needed)
 
 The update part packs G responses of --new-tokens tokens to each of --prompts image prompts both ways
-(`mimovl.rl.batch.rollout_batch`), then times forward + backward of the GRPO loss on each, in turns, --rounds
+(`mimovl.rl.batch.rollout_batches`), then times forward + backward of the GRPO loss on each, in turns, --rounds
 times (medians), and prints the tokens each update processes: (p - 1) + G * r per group shared, G * (p + r) not.
 
 Runs `stage=rl` for --steps steps (random-init policy, synthetic prompts, dynamic sampling off so every step is
@@ -95,7 +95,7 @@ def update_share_prompt(model_size: str, prompts: int, group: int, new_tokens: i
     from mimovl.model.build import build_tiny
     from mimovl.model.logits import token_losses
     from mimovl.model.packed import PackedVLM
-    from mimovl.rl.batch import rollout_batch
+    from mimovl.rl.batch import rollout_batches
     from mimovl.rl.grpo import LossConfig, group_advantages, policy_loss
 
     model, processor = build_tiny(seed=0, **SIZES[model_size])
@@ -106,7 +106,7 @@ def update_share_prompt(model_size: str, prompts: int, group: int, new_tokens: i
     groups = [[Completion(torch.randint(10, len(processor.tokenizer) - 10, (new_tokens,), generator=rng).tolist(),
                           "", True) for _ in range(group)] for _ in chosen]
     advantages = group_advantages(torch.rand(prompts, group, generator=rng))
-    batches = {share: rollout_batch(chosen, groups, advantages, processor, seq_len=1 << 20, share_prompt=share)
+    batches = {share: rollout_batches(chosen, groups, advantages, processor, seq_len=1 << 20, share_prompt=share)[0]
                for share in (False, True)}
     seconds = {share: [] for share in batches}
     for _ in range(rounds + 1):  # the first round warms up

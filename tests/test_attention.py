@@ -19,7 +19,7 @@ from mimovl.model.attention import Layout, use_attention
 from mimovl.model.build import build_tiny
 from mimovl.model.logits import token_losses
 from mimovl.model.packed import PackedVLM, packed_position_ids
-from mimovl.rl.batch import rollout_batch
+from mimovl.rl.batch import rollout_batches
 from mimovl.rl.grpo import LossConfig, group_advantages, policy_loss
 from test_packing import _samples
 
@@ -194,7 +194,7 @@ def test_shared_prompt_rows_give_the_unshared_loss_and_gradients(tiny, make_imag
     model, processor = tiny
     prompts, groups = _groups(make_image)
     advantages = group_advantages(torch.tensor([[1.0, 0.0, 0.5], [0.2, 0.9, 0.1]]))
-    batches = {share: rollout_batch(prompts, groups, advantages, processor, seq_len=2048, share_prompt=share)
+    batches = {share: rollout_batches(prompts, groups, advantages, processor, seq_len=2048, share_prompt=share)[0]
                for share in (False, True)}
     shared, unshared = batches[True], batches[False]
     responses = sum(len(g) for g in groups)
@@ -229,7 +229,7 @@ def test_a_response_continues_its_prompts_positions(tiny, make_image):
     advantages = torch.zeros(2, 3)
     by_response = {}
     for share in (False, True):
-        batch = rollout_batch(prompts, groups, advantages, processor, seq_len=2048, share_prompt=share)
+        batch = rollout_batches(prompts, groups, advantages, processor, seq_len=2048, share_prompt=share)[0]
         positions = packed_position_ids(model, batch)
         responses = {}
         for b, row in enumerate(batch["segment_ids"]):
@@ -247,9 +247,9 @@ def test_a_response_continues_its_prompts_positions(tiny, make_image):
 def test_a_group_longer_than_a_row_repeats_its_prompt(tiny, make_image):
     model, processor = tiny
     prompts, groups = _groups(make_image)
-    one = rollout_batch(prompts[:1], groups[:1], torch.zeros(1, 3), processor, seq_len=2048, share_prompt=True)
+    one = rollout_batches(prompts[:1], groups[:1], torch.zeros(1, 3), processor, seq_len=2048, share_prompt=True)[0]
     prompt_tokens = int((one["prefix_ids"] == 0).logical_and(one["segment_ids"] > 0).sum())
     tight = prompt_tokens + 12  # room for the prompt and two of its three responses (3, 9, 6 tokens)
-    batch = rollout_batch(prompts[:1], groups[:1], torch.zeros(1, 3), processor, seq_len=tight, share_prompt=True)
+    batch = rollout_batches(prompts[:1], groups[:1], torch.zeros(1, 3), processor, seq_len=tight, share_prompt=True)[0]
     assert batch["image_grid_thw"].shape[0] == 2  # the prompt twice
     assert int((batch["targets"] != IGNORE).sum()) == 3 + 9 + 6

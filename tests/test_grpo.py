@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mimovl.data.encode import IGNORE
 from mimovl.errors import UsageError
 from mimovl.rl.grpo import LossConfig, aggregation_coefs, group_advantages, policy_loss
 from mimovl.rl.sampling import EasyPool, collect
@@ -151,3 +152,37 @@ def test_easy_pool_state_round_trips_its_prompts_pixels_and_random_state(make_im
                for a, b in zip(pool.prompts, restored.prompts))
     slots = list(range(20))
     assert [getattr(p, "key", p) for p in pool.mix(slots)] == [getattr(p, "key", p) for p in restored.mix(slots)]
+
+
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_micro_batched_updates_equal_the_whole_batch_update(make_image, share_prompt):
+    """rl.micro_batch_rows=1 (one packed row through the model at a time, gradients accumulated) leaves the
+    parameters the whole-update forward leaves, after one optimizer step (SGD: the update is the gradient)."""
+    from test_attention import _groups
+
+    from mimovl.model.build import build_tiny
+    from mimovl.model.packed import PackedVLM
+    from mimovl.rl.batch import rollout_batches
+    from mimovl.stages.grpo import accumulate, aligned
+
+    params = []
+    for rows in (0, 1):
+        model, processor = build_tiny(seed=0)
+        model.train()
+        net = PackedVLM(model, logits_chunk=16)
+        prompts, groups = _groups(make_image)
+        advantages = group_advantages(torch.tensor([[1.0, 0.0, 0.5], [0.2, 0.9, 0.1]]))
+        batches = rollout_batches(prompts, groups, advantages, processor, seq_len=160, share_prompt=share_prompt,
+                                  micro_batch_rows=rows)
+        assert (len(batches) >= 2) == bool(rows)
+        batches = aligned(batches, lambda n: n + 1)  # as a rank with one micro-batch fewer than another would
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        n = len(batches)
+        loss, stats = accumulate(lambda b: -net(b, b["targets"] != IGNORE, losses=True), batches, LossConfig(),
+                                 [None] * n, [None] * n, lambda value: value.backward())
+        optimizer.step()
+        params.append(({k: v.detach().clone() for k, v in model.named_parameters()}, loss))
+    (whole, whole_loss), (micro, micro_loss) = params
+    assert micro_loss == pytest.approx(whole_loss, abs=1e-6)
+    for name, value in whole.items():
+        torch.testing.assert_close(micro[name], value, atol=1e-6, rtol=0, msg=name)

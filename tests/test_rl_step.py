@@ -54,7 +54,7 @@ def test_a_step_packs_exactly_the_groups_it_sampled(policy):
     assert len(step.minibatches) == 2  # 3 groups in 2 minibatches: [0, 1] and [2]
     advantages = group_advantages(torch.tensor([g.rewards for g in step.kept]))
     parts = [[0, 1], [2]]
-    for batch, part in zip(step.minibatches, parts):
+    for (batch,), part in zip(step.minibatches, parts):  # one micro-batch each (rl.micro_batch_rows=0)
         learned = batch["targets"] != IGNORE
         lengths = [[len(c.token_ids) for c in step.kept[p].completions] for p in part]
         assert int(learned.sum()) == sum(map(sum, lengths))  # every sampled token, nothing else

@@ -1,6 +1,7 @@
 """Numbers a run reports: sums over ranks, finiteness checks, and metrics that exist only at some steps.
 
-`global_sum` is the one all-reduce every stage and the RL step use for their figures. `finite_or_none` keeps
+`global_sum` is the one all-reduce every stage and the RL step use for their figures (`global_max` aligns counts
+of work over ranks). `finite_or_none` keeps
 NaN out of histories (JSON has no NaN); `all_finite` checks this rank's shards of a set of tensors.
 
 A sample type or an RL task absent from a batch has no value at that step. Lightning's `self.log` keeps a logged
@@ -24,6 +25,15 @@ def global_sum(value: torch.Tensor, device: torch.device | None = None) -> torch
     reduced = value.to(device if device is not None else value.device, copy=True)
     dist.all_reduce(reduced)
     return reduced.to(value.device)
+
+
+def global_max(value: int, device: torch.device | None = None) -> int:
+    """The largest `value` over all ranks (itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    reduced = torch.tensor([value], device=device)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+    return int(reduced[0])
 
 
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:

@@ -11,8 +11,10 @@ warnings.filterwarnings("ignore", message="When using the `ThroughputMonitor`, y
 
 
 def _packed(batch) -> list[dict]:
-    """The packed batches of a step: the batch itself, or the minibatches an RL step answered its request with."""
-    return batch.rollout().minibatches if isinstance(batch, RolloutRequest) else [batch]
+    """The packed batches of a step: the batch itself, or the micro-batches an RL step answered its request with."""
+    if isinstance(batch, RolloutRequest):
+        return [micro for minibatch in batch.rollout().minibatches for micro in minibatch]
+    return [batch]
 
 
 def real_tokens(batch: dict) -> int:

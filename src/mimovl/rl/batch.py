@@ -10,7 +10,8 @@ Two layouts, the same log-probabilities and loss:
                                       first token, and differ per response) and ends before the response's last
                                       token (which predicts nothing).
 
-Besides the packed-batch fields (`mimovl.data.packing.collate_rows`), the batch carries two float (B, L) tensors
+`rl.micro_batch_rows` splits the rows of one update into micro-batches that go through the model a few at a
+time (gradients accumulate; the normalisation is the whole update's). Besides the packed-batch fields (`mimovl.data.packing.collate_rows`), the batch carries two float (B, L) tensors
 aligned with `targets`: `advantages` (A of the response the token belongs to) and `coef` (its aggregation
 weight, `mimovl.rl.grpo.aggregation_coefs`), so the loss is a plain weighted sum over learned tokens.
 """
@@ -22,9 +23,12 @@ from mimovl.data.packing import collate_rows, pack_rows
 from mimovl.rl.grpo import aggregation_coefs
 
 
-def rollout_batch(prompts: list, groups: list[list], advantages: torch.Tensor, processor, seq_len: int,
-                  aggregation: str = "token", share_prompt: bool = False) -> dict[str, torch.Tensor]:
-    """One packed batch from `groups[p]` (the `Completion`s of prompt p) and their (P, G) advantages."""
+def rollout_batches(prompts: list, groups: list[list], advantages: torch.Tensor, processor, seq_len: int,
+                    aggregation: str = "token", share_prompt: bool = False,
+                    micro_batch_rows: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The packed micro-batches of one update from `groups[p]` (the `Completion`s of prompt p) and their (P, G)
+    advantages: at most `micro_batch_rows` rows each (0: one batch). Each token's `coef` is normalised over all
+    of them (the report's denominator is the group's tokens), so their losses add up to the whole update's."""
     coefs = aggregation_coefs([[len(c.token_ids) for c in group] for group in groups], aggregation)
     weights, samples = {}, []  # id(sample) -> (advantage, coef) of each of its responses, in order
     for p, (prompt, group) in enumerate(zip(prompts, groups)):
@@ -42,8 +46,12 @@ def rollout_batch(prompts: list, groups: list[list], advantages: torch.Tensor, p
     rows = list(pack_rows(samples, seq_len, buffer=len(samples) or 1))
     if sum(row.too_long for row in rows):
         raise ValueError(f"a prompt with its response is longer than seq_len={seq_len}; raise rollout.max_model_len")
-    width = max(row.length for row in rows)
-    batch = collate_rows(rows, width, processor.tokenizer.pad_token_id)
+    size = micro_batch_rows or len(rows)
+    return [_collate(rows[i : i + size], weights, processor) for i in range(0, len(rows), size)]
+
+
+def _collate(rows: list, weights: dict, processor) -> dict[str, torch.Tensor]:
+    batch = collate_rows(rows, max(row.length for row in rows), processor.tokenizer.pad_token_id)
     batch["advantages"] = torch.zeros(batch["targets"].shape)
     batch["coef"] = torch.zeros(batch["targets"].shape)
     for b, row in enumerate(rows):

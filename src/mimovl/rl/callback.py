@@ -143,7 +143,7 @@ class RolloutCallback(pl.Callback):
         step = rl_step(self._weights(module), self.engine, self.router,
                        lambda k: data.draw(k, self.router.can_score), self.config, self.processor, self.pool,
                        seed=seed, any_rank=lambda flag: any_rank(flag, device))
-        step.minibatches = [trainer.strategy.batch_to_device(mb) for mb in step.minibatches]
+        step.minibatches = [[trainer.strategy.batch_to_device(micro) for micro in mb] for mb in step.minibatches]
         batch.answer(step)
         self._log(module, step)
         # Each rank rolls out its own prompts; rollouts.jsonl is rank 0's alone, so say per rank what it trained on.

@@ -1,7 +1,7 @@
 """One RL step, top to bottom: sync -> generate -> score -> dynamic sampling / refill -> advantages -> batches.
 
     step = rl_step(weights, engine, router, draw, config, processor, pool, seed=..., any_rank=...)
-    step.minibatches    packed training batches (GRPOModule takes one optimizer step on each, per epoch)
+    step.minibatches    per optimizer step its packed micro-batches (GRPOModule accumulates over them and steps)
     step_metrics(step, config.pass_threshold)   what the step logs: reward, pass rate, length per task and overall
 
 The caller (`mimovl.rl.callback.RolloutCallback`) owns the engine, the router and the easy pool and logs what
@@ -18,7 +18,7 @@ import torch
 from mimovl.errors import UsageError, require
 from mimovl.generate.engines import Sampling
 from mimovl.generate.prompts import Prompt
-from mimovl.rl.batch import rollout_batch
+from mimovl.rl.batch import rollout_batches
 from mimovl.rl.grpo import LossConfig, group_advantages
 from mimovl.rl.sampling import EasyPool, collect
 
@@ -43,12 +43,13 @@ class RLConfig:
     table_rows: int = 8
     pack_len: int = 1024
     share_prompt: bool = True
+    micro_batch_rows: int = 0
     loss: dict = field(default_factory=dict)
 
     def __post_init__(self):
         at_least = {"group_size": 2, "prompts_per_step": 1, "max_new_tokens": 1, "max_rounds": 1,
                     "heldout_max_new_tokens": 1, "pack_len": 1, "heldout_per_kind": 0, "easy_pool_size": 0,
-                    "table_every": 0, "table_rows": 0}
+                    "table_every": 0, "table_rows": 0, "micro_batch_rows": 0}
         for name, low in at_least.items():
             value = getattr(self, name)
             why = "GRPO compares at least 2 responses per prompt" if name == "group_size" else f"at least {low}"
@@ -86,7 +87,7 @@ class Group:
 class Step:
     """What one RL step produced."""
 
-    minibatches: list[dict]                       # packed batches on the CPU, in training order
+    minibatches: list[list[dict]]                 # per optimizer step its packed micro-batches (CPU), in order
     groups: list[Group]                           # every group sampled (kept and dropped), kept ones first
     timings: dict = field(default_factory=dict)   # seconds of sync, generate, reward; tokens; rounds
 
@@ -138,10 +139,11 @@ def rl_step(weights: Callable[[], Iterable] | None, engine, router, draw: Callab
     advantages = group_advantages(torch.tensor([g.rewards for g in kept]), config.loss_config.std_eps)
     minibatches = []
     for part in split(len(kept), config.loss_config.minibatches):
-        minibatches.append(rollout_batch([kept[i].prompt for i in part], [kept[i].completions for i in part],
-                                         advantages[part], processor, seq_len=config.pack_len,
-                                         aggregation=config.loss_config.aggregation,
-                                         share_prompt=config.share_prompt))
+        minibatches.append(rollout_batches([kept[i].prompt for i in part], [kept[i].completions for i in part],
+                                           advantages[part], processor, seq_len=config.pack_len,
+                                           aggregation=config.loss_config.aggregation,
+                                           share_prompt=config.share_prompt,
+                                           micro_batch_rows=config.micro_batch_rows))
     return Step(minibatches, groups, timings)
 
 

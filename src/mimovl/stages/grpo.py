@@ -14,7 +14,7 @@ import torch
 from transformers import get_constant_schedule_with_warmup
 
 from mimovl.data.encode import IGNORE
-from mimovl.metrics import finite_or_none
+from mimovl.metrics import finite_or_none, global_max
 from mimovl.model.logits import check_chunk
 from mimovl.model.packed import PackedVLM
 from mimovl.model.parts import param_groups
@@ -74,41 +74,65 @@ class GRPOModule(StageModule):
 
     def training_step(self, batch: RolloutRequest, batch_idx: int) -> None:
         start = time.perf_counter()
-        minibatches = batch.rollout().minibatches
+        minibatches = [aligned(mb, lambda n: global_max(n, self.device)) for mb in batch.rollout().minibatches]
         config = self.loss_config
         # The sampling policy's log-probabilities: needed once a minibatch is revisited after an update.
-        old = [None] * len(minibatches)
+        old = [[None] * len(mb) for mb in minibatches]
         if self.updates_per_batch > 1:
             with torch.no_grad():
-                old = [self.token_logp(self.net, mb) for mb in minibatches]
-        reference = [None] * len(minibatches)
+                old = [[self.token_logp(self.net, micro) for micro in mb] for mb in minibatches]
+        reference = [[None] * len(mb) for mb in minibatches]
         if self.reference is not None:
             with torch.no_grad():
-                reference = [self.token_logp(self.reference, mb) for mb in minibatches]
+                reference = [[self.token_logp(self.reference, micro) for micro in mb] for mb in minibatches]
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         losses, stats = [], {}
         for _ in range(config.epochs):
             for mb, old_logp, ref_logp in zip(minibatches, old, reference):
-                learned = mb["targets"] != IGNORE
-                logp = self.token_logp(self.net, mb)
-                loss, stats = policy_loss(logp, mb["advantages"][learned], mb["coef"][learned], config,
-                                          old_logp, ref_logp)
                 optimizer.zero_grad()
-                self.manual_backward(loss)
+                loss, stats = accumulate(lambda micro: self.token_logp(self.net, micro), mb, config, old_logp,
+                                         ref_logp, self.manual_backward)
                 if self.gradient_clip_val:
                     self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
                                         gradient_clip_algorithm="norm")
                 optimizer.step()
                 scheduler.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss)
         self.history["loss"].append(finite_or_none(sum(losses) / len(losses)))  # None: a step NonFiniteGuard skipped
         self.log("train/loss", sum(losses) / len(losses), prog_bar=True, batch_size=1)
         for name, value in stats.items():
             self.log(f"train/{name}", value, batch_size=1)
-        tokens = sum(int((mb["targets"] != IGNORE).sum()) for mb in minibatches)
+        tokens = sum(int((micro["targets"] != IGNORE).sum()) for mb in minibatches for micro in mb)
         self.log("train/response_tokens", float(tokens), batch_size=1)
         self.log("time/train", time.perf_counter() - start, batch_size=1)
 
     def summary(self) -> dict:
         """summary.json figures: the loss per rollout step (the held-out rewards are the rollout callback's)."""
         return self.loss_summary()
+
+
+def accumulate(token_logp, micro_batches: list[dict], config: LossConfig, old: list, reference: list,
+               backward) -> tuple[float, dict[str, float]]:
+    """Backpropagates the policy loss of one optimizer step, one micro-batch at a time: (the step's loss, its
+    stats). Each token's `coef` is normalised over the whole step, so the micro-batch losses add up to it."""
+    total, clipped, kl, tokens = 0.0, 0.0, 0.0, 0
+    for micro, old_logp, ref_logp in zip(micro_batches, old, reference):
+        learned = micro["targets"] != IGNORE
+        loss, stats = policy_loss(token_logp(micro), micro["advantages"][learned], micro["coef"][learned], config,
+                                  old_logp, ref_logp)
+        backward(loss)
+        n = int((micro["coef"][learned] != 0).sum())  # padding copies (`aligned`) weigh nothing
+        total, tokens = total + float(loss.detach()), tokens + n
+        clipped += stats["clipped"] * n
+        kl += stats.get("kl", 0.0)
+    merged = {"clipped": clipped / max(tokens, 1)}
+    if config.kl_coef:
+        merged["kl"] = kl
+    return total, merged
+
+
+def aligned(micro_batches: list[dict], most) -> list[dict]:
+    """`micro_batches` padded to `most(len(micro_batches))` (the largest count over ranks) with weightless copies
+    of the last: under FSDP2 every rank must run as many forwards and backwards as the others."""
+    extra = most(len(micro_batches)) - len(micro_batches)
+    return micro_batches + [{**micro_batches[-1], "coef": torch.zeros_like(micro_batches[-1]["coef"])}] * extra
