@@ -87,3 +87,32 @@ def test_dynamic_sampling_refills_from_the_stream(policy):
     dropped = [g for g in step.groups if not g.kept]
     assert all(max(g.rewards) == min(g.rewards) for g in dropped)
     assert 1 <= len(step.kept) <= 3 and len(step.minibatches) == 1
+
+
+def test_the_engine_is_released_once_per_step_after_its_rollouts(policy):
+    """rl_step hands the engine's memory back (vLLM's sleep mode on GPUs) once its rollouts are scored."""
+    model, processor = policy
+    events = []
+
+    class Recording(HFRollout):
+        def generate(self, *args):
+            events.append("generate")
+            return super().generate(*args)
+
+        def release(self):
+            events.append("release")
+
+    config = RLConfig(group_size=2, prompts_per_step=2, max_new_tokens=4, dynamic_sampling=True, max_rounds=2)
+    stream = prompt_stream()
+    rl_step(None, Recording(model), RewardRouter(), lambda k: list(itertools.islice(stream, k)), config,
+            processor, EasyPool(0.0, 8, 0), seed=3)
+    assert events[-1] == "release" and events.count("release") == 1 and "generate" in events
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for CPU engines")
+def test_vllm_sleep_mode_is_refused_on_a_cpu(tmp_path):
+    from mimovl.errors import UsageError
+    from mimovl.generate.engines import VLLMRollout
+
+    with pytest.raises(UsageError, match="rollout.sleep=true needs a GPU"):
+        VLLMRollout(tmp_path, sleep=True)

@@ -5,6 +5,8 @@ Both engines take the same calls:
     engine.sync(named_tensors)                      # the policy's current weights (an iterable of (name, tensor))
     groups = engine.generate(prompts, sampling, processor)     # one list of `Completion`s per prompt
     engine.needs_weights                            # False: it generates with the live policy, sync is a no-op
+    engine.release()                                # the rollouts are done: free what the engine can (vLLM's
+                                                    # sleep mode on GPUs, `rollout.sleep`), until it is next used
 
 `VLLMRollout` runs vLLM in this process, beside training. It starts once, from an export of the starting
 policy, and every `sync` loads the policy's current weights in place: milliseconds for a tiny model, where the
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from mimovl.data.encode import encode_prompt, video_metadata
+from mimovl.errors import UsageError
 from mimovl.generate.prompts import Prompt, prompt_text
 
 log = logging.getLogger(__name__)
@@ -134,6 +137,9 @@ class VLLMRollout:
         distributed: one engine per training rank ("external_launcher"), for multi-process runs.
         cpu_kv_cache_gib: the KV cache of an engine on CPU, in GiB (unset, vLLM sizes it from the machine's free
             memory, and a second engine beside it is killed for memory); GPUs use gpu_memory_utilization.
+        sleep: GPUs only: vLLM's sleep mode. `release()` (after the step's rollouts) offloads the weights to the
+            CPU and frees the KV cache while the policy trains; the next `sync` or `generate` wakes the engine
+            first, and `sync` then loads the new weights.
     """
 
     needs_weights = True  # a copy of the policy: every step's weights must be synced into it
@@ -141,13 +147,16 @@ class VLLMRollout:
     def __init__(self, spec_dir, dtype: str = "float32", max_model_len: int = 2048,
                  limit_mm_per_prompt: dict | None = None, gpu_memory_utilization: float = 0.3,
                  enforce_eager: bool = True, seed: int = 0, mm_processor_kwargs: dict | None = None,
-                 distributed: bool = False, cpu_kv_cache_gib: float | None = 1.0):
+                 distributed: bool = False, cpu_kv_cache_gib: float | None = 1.0, sleep: bool = False):
+        if sleep and not torch.cuda.is_available():
+            raise UsageError("rollout.sleep=true needs a GPU (vLLM's sleep mode frees GPU memory; a CPU engine "
+                             "has none to free): set rollout.sleep=false")
         spec_dir = Path(spec_dir)
         settings = {
             "dtype": dtype, "max_model_len": max_model_len, "limit_mm_per_prompt": dict(limit_mm_per_prompt or {}),
             "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager, "seed": seed,
             "distributed": distributed, "mm_processor_kwargs": dict(mm_processor_kwargs or {}),
-            "cpu_kv_cache_gib": cpu_kv_cache_gib,
+            "cpu_kv_cache_gib": cpu_kv_cache_gib, "sleep": sleep,
         }
         key = _engine_key(spec_dir, settings)
         if key not in _ENGINES:
@@ -189,6 +198,8 @@ class VLLMRollout:
         if not torch.cuda.is_available() and settings["cpu_kv_cache_gib"]:
             # The CPU engine sizes its KV cache from this (unset, vLLM takes most of the machine's free RAM).
             extra["kv_cache_memory_bytes"] = int(settings["cpu_kv_cache_gib"] * 2**30)
+        if settings["sleep"]:
+            extra["enable_sleep_mode"] = True
         log.info("starting the vLLM engine on %s (%s)", spec_dir, settings)
         return LLM(
             model=str(private), dtype=settings["dtype"],
@@ -198,9 +209,23 @@ class VLLMRollout:
             use_tqdm_on_load=False, **extra,
         )
 
+    def release(self) -> None:
+        """Frees the engine's GPU memory until it is next used (with `sleep`; otherwise nothing)."""
+        if self.sleeps and not self.llm.llm_engine.is_sleeping():
+            self.llm.sleep(level=1)
+
+    @property
+    def sleeps(self) -> bool:
+        return bool(self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode)
+
+    def _wake(self) -> None:
+        if self.sleeps and self.llm.llm_engine.is_sleeping():
+            self.llm.wake_up()
+
     def sync(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Loads the weights in place, then drops what the old weights computed: cached prompt KV and vision
         encoder outputs (both the scheduler's record and the runner's storage)."""
+        self._wake()
         engine = self.llm.llm_engine
         engine.model_executor.driver_worker.worker.model_runner.reload_weights(
             weights_iterator=iter(hf_names(named_tensors))
@@ -211,6 +236,7 @@ class VLLMRollout:
     def generate(self, prompts: list[Prompt], sampling: Sampling, processor) -> list[list[Completion]]:
         from vllm import SamplingParams
 
+        self._wake()
         requests = [_vllm_request(p, processor) for p in prompts]
         # No per-request seed: vLLM's CPU runner fails on seeded requests split by chunked prefill ("CPU
         # Generator does not use offset"). The in-process engine samples from torch's default generator, so a
@@ -270,6 +296,9 @@ class HFRollout:
         return cls(policy)
 
     def sync(self, named_tensors) -> None:
+        pass
+
+    def release(self) -> None:
         pass
 
     @torch.no_grad()

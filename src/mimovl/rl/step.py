@@ -1,4 +1,5 @@
-"""One RL step, top to bottom: sync -> generate -> score -> dynamic sampling / refill -> advantages -> batches.
+"""One RL step, top to bottom: sync -> generate -> score -> dynamic sampling / refill -> release the engine ->
+advantages -> batches.
 
     step = rl_step(weights, engine, router, draw, config, processor, pool, seed=..., any_rank=...)
     step.minibatches    per optimizer step its packed micro-batches (GRPOModule accumulates over them and steps)
@@ -133,6 +134,7 @@ def rl_step(weights: Callable[[], Iterable] | None, engine, router, draw: Callab
     need = config.prompts_per_step
     collected = collect(draw(need), rollout, draw, need, config.max_rounds, config.dynamic_sampling, pool,
                         config.pass_threshold, any_rank)
+    engine.release()  # the update comes next: vLLM's sleep mode gives its GPU memory to training
     groups = [Group(p, c, r, True) for p, c, r in collected.kept]
     groups += [Group(p, c, r, False) for p, c, r in collected.dropped]
     kept = groups[: len(collected.kept)]
