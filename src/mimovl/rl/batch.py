@@ -11,9 +11,10 @@ Two layouts, the same log-probabilities and loss:
                                       token (which predicts nothing).
 
 `rl.micro_batch_rows` splits the rows of one update into micro-batches that go through the model a few at a
-time (gradients accumulate; the normalisation is the whole update's). Besides the packed-batch fields (`mimovl.data.packing.collate_rows`), the batch carries two float (B, L) tensors
-aligned with `targets`: `advantages` (A of the response the token belongs to) and `coef` (its aggregation
-weight, `mimovl.rl.grpo.aggregation_coefs`), so the loss is a plain weighted sum over learned tokens.
+time (gradients accumulate; the normalisation is the whole update's). Besides the packed-batch fields
+(`mimovl.data.packing.collate_rows`), each batch carries two float (B, L) tensors aligned with `targets`:
+`advantages` (A of the response the token belongs to) and `coef` (its aggregation weight,
+`mimovl.rl.grpo.aggregation_coefs`), so the loss is a plain weighted sum over learned tokens.
 """
 
 import torch
