@@ -1,7 +1,6 @@
 """Chunked losses (`mimovl.model.logits`): the values and gradients of the full-logits path, float32, 1e-6, on
 a packed batch with images, several segments and unequal lengths; and the memory they save."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
