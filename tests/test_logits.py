@@ -74,8 +74,8 @@ def test_chunking_keeps_the_peak_below_a_third_of_the_full_logits_peak():
     Measured at hidden 512: 3.24 GB chunked against 15.57 GB."""
     peaks = {}
     for chunk in (0, 1024):
-        out = subprocess.run([sys.executable, str(BENCHMARK), "--tokens", "8192", "--hidden", "64", "--chunk", str(chunk)],
-                             env=USER_ENV, capture_output=True, text=True, timeout=600)
+        command = [sys.executable, str(BENCHMARK), "--tokens", "8192", "--hidden", "64", "--chunk", str(chunk)]
+        out = subprocess.run(command, env=USER_ENV, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
         peaks[chunk] = float(out.stdout.strip().splitlines()[-1].split("=")[1])
     assert peaks[1024] < peaks[0] / 3, peaks
