@@ -42,6 +42,11 @@ def export_hf(
                              generation=getattr(model, "generation_config", None))
 
 
+# Safetensors shards of at most this size, with an index (one file below it): a 7B export is 4 files, as the
+# released checkpoints are, rather than one of 15.5 GiB (transformers' default limit is 50 GB).
+EXPORT_SHARD = "5GB"
+
+
 def export_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     config: PreTrainedConfig,
@@ -70,7 +75,7 @@ def export_state_dict(
     shell.config.dtype = dtype
     shell.generation_config = generation or generation_config(processor.tokenizer)
     with atomic_directory(out_dir) as tmp:
-        shell.save_pretrained(str(tmp))
+        shell.save_pretrained(str(tmp), max_shard_size=EXPORT_SHARD)
         processor.save_pretrained(str(tmp))
         processor.image_processor.save_pretrained(str(tmp))
         processor.video_processor.save_pretrained(str(tmp))
