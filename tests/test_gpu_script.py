@@ -34,3 +34,17 @@ def test_its_packed_rows_train_the_tiny_model(monkeypatch):
     losses = PackedVLM(model)(batch, batch["targets"] != IGNORE, losses=True)
     losses.mean().backward()
     assert torch.isfinite(losses).all() and model.model.visual.merger.mlp[0].weight.grad.abs().sum() > 0
+
+
+def test_its_shared_prompt_rows_match_the_dense_mask(monkeypatch):
+    model, _ = build_tiny(seed=0)
+    monkeypatch.setattr(step, "VOCAB", model.config.text_config.vocab_size)
+    plain = step.packed_rows(model, 2, 700, grid=8, images_per_row=1, generator=torch.Generator().manual_seed(0))
+    shared = {**plain, "prefix_ids": torch.where((plain["segment_ids"] == 2) | (plain["segment_ids"] == 3), 1, 0)}
+    from mimovl.model.attention import use_attention
+
+    with torch.no_grad():
+        use_attention(model, "sdpa_dense")
+        reference = PackedVLM(model)(shared)
+        use_attention(model, "sdpa_varlen")
+        torch.testing.assert_close(PackedVLM(model)(shared), reference, atol=1e-5, rtol=0)

@@ -122,15 +122,18 @@ def peak_flops() -> float:
 
 def part_attention(args) -> dict:
     model = shaped_model("1.5b", {**VIT, "depth": 4, "fullatt_block_indexes": [3]})
-    batch = cuda(packed_rows(model, 2, 4096, generator=torch.Generator().manual_seed(0)))
+    plain = packed_rows(model, 2, 4096, images_per_row=1, generator=torch.Generator().manual_seed(0))
+    # The same rows with samples 2 and 3 as branches of sample 1 (a shared prompt and two responses).
+    shared = {**plain, "prefix_ids": torch.where((plain["segment_ids"] == 2) | (plain["segment_ids"] == 3), 1, 0)}
     results = {}
     with torch.no_grad():
-        use_attention(model, "sdpa_dense")
-        reference = PackedVLM(model)(batch).float()
-        for backend in ("flash_varlen", "flex"):
-            use_attention(model, backend)
-            out = PackedVLM(model)(batch).float()
-            results[backend] = float((out - reference).abs().max() / reference.abs().max())
+        for name, batch in (("plain", cuda(plain)), ("shared_prompt", cuda(shared))):
+            use_attention(model, "sdpa_dense")
+            reference = PackedVLM(model)(batch).float()
+            for backend in ("sdpa_varlen", "flash_varlen", "flex"):
+                use_attention(model, backend)
+                out = PackedVLM(model)(batch).float()
+                results[f"{name}/{backend}"] = float((out - reference).abs().max() / reference.abs().max())
     use_attention(model, "auto")
     return {"max_relative_logit_error": results}
 
