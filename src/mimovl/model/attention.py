@@ -101,10 +101,6 @@ class Layout:
                    _cumulative(k_lens, device), max(q_lens), max(k_lens), key_index, row_lengths, prefix_index,
                    masks)
 
-    @property
-    def has_prefixes(self) -> bool:
-        return self.key_index is not None
-
 
 def _cumulative(lengths: list[int], device) -> torch.Tensor:
     return torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32).to(device)
