@@ -87,32 +87,34 @@ class TrainBatches:
     (`window`: `with_window_tokens`, or pairs for reward models). The one batch iterator of the cross-entropy and
     preference DataModules.
 
-    It starts the loader at `resume` (a loader state: exact, reads nothing twice) or else drops the first `skip`
-    batches (exact resume by reading them again), once. `positions` holds the loader's state at the start of the
-    last few accumulation windows, keyed by the batches read before it: Lightning fetches one batch ahead, which
-    reads a whole window ahead, so the state at the batches trained so far is the one of an earlier window.
+    The loader starts at `resume`, its state after the `trained` batches already trained on (exact, and nothing is
+    read twice), or without one from its beginning, dropping the first `trained` batches (exact too, by reading
+    them again); once. `positions` holds the loader's state at the start of the last few accumulation windows,
+    keyed by the batches read before it: Lightning fetches one batch ahead, which reads a whole window ahead, so
+    the state after the batches trained so far is that of an earlier window.
     """
 
     KEPT = 4  # window starts whose positions are kept
 
-    def __init__(self, loader: StatefulDataLoader, accumulate: int, resume: dict | None = None, skip: int = 0,
+    def __init__(self, loader: StatefulDataLoader, accumulate: int, resume: dict | None = None, trained: int = 0,
                  window: Callable[[Iterable[dict], int], Iterator[dict]] = with_window_tokens):
-        self.loader, self.accumulate, self.resume, self.skip, self.window = loader, accumulate, resume, skip, window
+        self.loader, self.accumulate, self.window = loader, accumulate, window
+        self.resume, self.trained = resume, trained
         self.positions: dict[int, dict] = {}
 
     def __iter__(self):
         # A generator, so the resume happens on the first batch drawn: Lightning calls iter() once just to
         # check the loader is iterable, and that call must not use it up.
-        resume, skip, self.resume, self.skip = self.resume, self.skip, None, 0
+        resume, trained, self.resume, self.trained = self.resume, self.trained, None, 0
         if resume is not None:
             log.info("resuming the data stream at its saved position (%d batches trained): nothing is read again",
-                     skip)
+                     trained)
             self.loader.load_state_dict(resume)
-        elif skip:
-            log.info("resuming the data stream: skipping %d batches already trained on", skip)
-        batches = itertools.islice(iter(self.loader), 0 if resume is not None else skip, None)
+        elif trained:
+            log.info("resuming the data stream: skipping %d batches already trained on", trained)
+        batches = itertools.islice(iter(self.loader), 0 if resume is not None else trained, None)
         try:
-            yield from self.window(self._noting_positions(batches, skip), self.accumulate)
+            yield from self.window(self._noting_positions(batches, trained), self.accumulate)
         finally:
             # StatefulDataLoader keeps its iterator, and so its workers, as long as the loader lives; they hold
             # what the training process had open (its run lock among them), so they end with this iteration.
@@ -197,7 +199,7 @@ class ShardDataModule(pl.LightningDataModule):
         self.num_workers, self.shuffle_buffer, self.pack_buffer = num_workers, shuffle_buffer, pack_buffer
         self.video_fps, self.max_frames = video_fps, max_frames
         self.root, self.generate = root, generate
-        self.batches_to_skip = 0
+        self.batches_trained = 0  # by the checkpointed run (checkpointed as batches_consumed)
         self.saved_stream: dict | None = None  # the checkpoint's stream position (`mimovl.data.resume`)
         self.resumed = False
         self._batches: TrainBatches | None = None
@@ -221,11 +223,11 @@ class ShardDataModule(pl.LightningDataModule):
             persistent_workers=False,
         )
         self._stream_config = stream_config(dataset.samples, num_workers=self.num_workers, **dataset.settings())
-        skip, resume = self.batches_to_skip, None
+        trained, resume = self.batches_trained, None
         if self.resumed:
             resume = find_position(self.saved_stream, self._stream_config,
-                                   f"skipping the {skip} batches already trained on, reading them again")
-        self._batches = TrainBatches(loader, self.trainer.accumulate_grad_batches, resume, skip, self.window)
+                                   f"skipping the {trained} batches already trained on, reading them again")
+        self._batches = TrainBatches(loader, self.trainer.accumulate_grad_batches, resume, trained, self.window)
         return self._batches
 
     # What a subclass swaps (PreferenceDataModule: rows of whole pairs, counted in pairs).
@@ -253,5 +255,5 @@ class ShardDataModule(pl.LightningDataModule):
         return {"batches_consumed": consumed, "stream": stream}
 
     def load_state_dict(self, state: dict) -> None:
-        self.batches_to_skip = int(state.get("batches_consumed", 0))
+        self.batches_trained = int(state.get("batches_consumed", 0))
         self.saved_stream, self.resumed = state.get("stream"), True

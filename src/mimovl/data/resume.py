@@ -37,12 +37,14 @@ def stream_config(stream, **settings) -> dict:
 
 
 def save_position(config: dict, position: dict | None) -> dict:
-    """The checkpoint entry: `config` and every rank's position (all ranks must call this together)."""
+    """The checkpoint entry: `config` and every rank's position, gathered on rank 0, which writes the checkpoint's
+    non-tensor part (all ranks must call this together; the others list their own position only)."""
     rank, world = _world()
-    ranks = [position]
-    if world > 1:
-        ranks = [None] * world
-        dist.all_gather_object(ranks, position)
+    if world == 1:
+        return {"config": config, "ranks": [position]}
+    ranks = [None] * world
+    dist.gather_object(position, ranks if rank == 0 else None, dst=0)
+    ranks[rank] = position
     return {"config": config, "ranks": ranks}
 
 

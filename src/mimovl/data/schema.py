@@ -16,6 +16,8 @@ A sample is a dict:
                               # by the reader)
       "dropped_before": {str: int},  # the same by reason, plus shard read errors (mimovl.data.stream.DROPPED;
                               # added by the reader; only names with a count)
+      "origin": (str, str, int),  # (source, shard, byte offset of its first tar header): where the reader can
+                              # read it again (added by the reader; a resumed stream re-reads held samples by it)
     }
 
 Types. DOCUMENT_TYPES (caption, interleaved, text) hold exactly one message with role "document" whose parts

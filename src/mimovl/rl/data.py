@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 
 import lightning.pytorch as pl
 
-from mimovl.data.stream import mixed_stream
+from mimovl.data.resume import find_position, save_position, stream_config
+from mimovl.data.stream import MixedStream, mixed_stream
 from mimovl.data.synthetic import ensure_synthetic
 from mimovl.errors import UsageError
 from mimovl.generate.prompts import Prompt, to_prompt
@@ -81,8 +82,11 @@ class PromptDataModule(pl.LightningDataModule):
         self.seed, self.shuffle_buffer, self.video_fps, self.max_frames = seed, shuffle_buffer, video_fps, max_frames
         self.root, self.generate, self.heldout_generate = root, generate, heldout_generate
         self.processor = processor  # the policy's processor; the rollout callback templates prompts with it
-        self.consumed = 0  # prompts read from the stream so far (checkpointed: a resumed run skips them)
+        self.consumed = 0  # prompts read from the stream so far (checkpointed)
         self.rejected = Counter()  # prompts skipped because nothing could score them, by kind
+        self.saved_stream: dict | None = None  # the checkpoint's stream position (`mimovl.data.resume`)
+        self.resumed = False
+        self._samples: MixedStream | None = None
         self._prompts: Iterator[Prompt] | None = None
 
     def prepare_data(self) -> None:
@@ -95,17 +99,29 @@ class PromptDataModule(pl.LightningDataModule):
         return PromptBatches()
 
     def _stream(self) -> Iterator[Prompt]:
-        samples = mixed_stream(self.sources, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
-                               video_fps=self.video_fps, max_frames=self.max_frames)
-        return (prompt for prompt in map(to_prompt, samples) if prompt is not None)
+        """The prompt stream, from the saved position when resuming (else from the start, skipping what was
+        consumed: the stream is deterministic per seed and rank)."""
+        self._samples = mixed_stream(self.sources, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+                                     video_fps=self.video_fps, max_frames=self.max_frames)
+        position = None
+        if self.resumed:
+            position = find_position(self.saved_stream, stream_config(self._samples),
+                                     f"skipping the {self.consumed} prompts already consumed, reading them again")
+            self._samples.load_state_dict(position)
+        prompts = (prompt for prompt in map(to_prompt, self._samples) if prompt is not None)
+        if position is None:
+            for _ in range(self.consumed):
+                next(prompts)
+        else:
+            log.info("resuming the prompt stream at its saved position (%d prompts consumed): nothing is read "
+                     "again", self.consumed)
+        return prompts
 
     def draw(self, k: int, accept: Callable[[Prompt], bool] = lambda prompt: True) -> list[Prompt]:
         """The next `k` prompts of the stream that `accept` takes (the router's `can_score`: a prompt nothing
         can score is skipped and counted in `rejected`)."""
         if self._prompts is None:
             self._prompts = self._stream()
-            for _ in range(self.consumed):  # exact resume: the stream is deterministic per seed and rank
-                next(self._prompts)
         prompts = []
         while len(prompts) < k:
             prompt = next(self._prompts)
@@ -133,7 +149,12 @@ class PromptDataModule(pl.LightningDataModule):
         return kept
 
     def state_dict(self) -> dict:
-        return {"consumed": self.consumed}
+        """The prompts consumed and, for every rank, the stream's position after them (a collective)."""
+        if self._samples is None:  # nothing drawn since the start or the resume
+            return {"consumed": self.consumed, "stream": self.saved_stream}
+        return {"consumed": self.consumed,
+                "stream": save_position(stream_config(self._samples), self._samples.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
         self.consumed = int(state.get("consumed", 0))
+        self.saved_stream, self.resumed = state.get("stream"), True
