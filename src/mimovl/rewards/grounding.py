@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torchvision.ops import generalized_box_iou
-
 from mimovl.rewards.guard import guarded
 from mimovl.rewards.parse import final_answer, last_box, last_point
 
@@ -54,6 +51,9 @@ def grounding_box_reward(response: str, answer, image_size: tuple[float, float] 
     areas = _area(pred), _area(gold)
     if min(areas) <= 0:
         return 0.0
+    import torch  # here: the workers of mimovl.rewards.pool import this package and need no torch
+    from torchvision.ops import generalized_box_iou
+
     boxes = torch.tensor([pred, gold], dtype=torch.float64)
     giou = generalized_box_iou(boxes[:1], boxes[1:])[0, 0].item()
     return (1.0 + giou) / 2.0 * min(areas) / max(areas)

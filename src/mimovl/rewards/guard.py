@@ -6,6 +6,9 @@
 
     ok = bounded(check, gold, pred, timeout_s=3.0)      # check(gold, pred) -> bool, run in a forked child;
                                                         # False when it raises, dies or runs past the deadline
+
+A batch of checks runs in long-lived workers instead, a deadline each and no fork per check
+(mimovl.rewards.pool.CheckPool: the math rewards do so); `bounded` is for a check now and then.
 """
 
 from __future__ import annotations

@@ -8,23 +8,28 @@ holds `$` or `\\boxed`).
 Bounded time, from any thread: text math-verify would choke on scores 0 at once (over MAX_MATH_CHARS
 characters, a run of more than MAX_DIGITS digits, brackets nested deeper than MAX_DEPTH, a numeric power tower
 such as 10**10**10, an exponent of 5+ digits, a factorial of a factorial or of a 5+ digit number). The rest
-runs in a forked child killed after TIMEOUT_S seconds (guard.bounded): math-verify's own signal.alarm timeouts
-raise ValueError off the main thread, and even on it they cannot interrupt big-integer arithmetic (seen:
-`\\gcd(10^{10^{10}}, 6)` never returned).
+runs in CHECKS, a pool of long-lived worker processes (mimovl.rewards.pool), each check killed after TIMEOUT_S
+seconds: math-verify's own signal.alarm timeouts raise ValueError off the main thread, and even on it they
+cannot interrupt big-integer arithmetic (seen: `\\gcd(10^{10^{10}}, 6)` never returned).
+
+    math_rewards(["\\boxed{17}", "0.5"], ["17", "\\frac{1}{2}"])   # [1.0, 1.0]: one batch, WORKERS checks at a time
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 import re
 
-from mimovl.rewards.guard import alarm_is_free, bounded, guarded
+from mimovl.rewards.guard import alarm_is_free, guarded
 from mimovl.rewards.parse import final_answer, last_boxed
+from mimovl.rewards.pool import CheckPool
+
+log = logging.getLogger(__name__)
 
 MAX_MATH_CHARS = 512
 MAX_DIGITS = 40
 MAX_DEPTH = 12
-TIMEOUT_S = 3.0  # the whole check, in the child; math-verify's own timeouts (1 s each) apply inside it
+TIMEOUT_S = 3.0  # the whole check, in a worker; math-verify's own timeouts (1 s each) apply inside it
 
 _POWER = r"(?:\^|\*\*)"
 _HUGE = re.compile(
@@ -39,25 +44,40 @@ _LONG_NUMBER = re.compile(rf"\d{{{MAX_DIGITS + 1}}}")
 def math_reward(response: str, answer) -> float:
     """1.0 if the final answer of `response` equals the gold `answer` (a string, LaTeX allowed) per
     math-verify, else 0.0."""
-    text = final_answer(response)
-    if text is None:
-        return 0.0
-    boxed = last_boxed(text)
-    pred = text[-MAX_MATH_CHARS:] if boxed is None else boxed
-    if not pred.strip() or not _tame(pred):
-        return 0.0
+    return math_rewards([response], [answer])[0]
+
+
+def math_rewards(responses: list[str], answers: list) -> list[float]:
+    """math_reward of each (response, answer), the checks of the batch run in parallel in CHECKS."""
+    pairs = [_pair(response, answer) for response, answer in zip(responses, answers, strict=True)]
+    checked = iter(CHECKS.run(_equal, [p for p in pairs if p is not None], timeout_s=TIMEOUT_S))
+    return [0.0 if p is None else float(next(checked)) for p in pairs]
+
+
+def _pair(response, answer) -> tuple[str, str] | None:
+    """(gold, prediction) as math-verify is given them, or None when the response scores 0 unchecked."""
+    try:
+        text = final_answer(response)
+        if text is None:
+            return None
+        boxed = last_boxed(text)
+        pred = text[-MAX_MATH_CHARS:] if boxed is None else boxed
+        if not pred.strip() or not _tame(pred):
+            return None
+        gold = str(answer)
+    except Exception:
+        log.debug("math: reading the response raised, reward 0", exc_info=True)
+        return None
     if boxed is not None:
         pred = "\\boxed{" + pred + "}"
-    gold = str(answer)
     if "$" not in gold and "\\boxed" not in gold:
         gold = "\\boxed{" + gold + "}"
-    _warm()  # in this process, before the first fork
-    return float(bounded(_equal, gold, pred, timeout_s=TIMEOUT_S))
+    return gold, pred
 
 
 def _equal(gold: str, pred: str) -> bool:
     """math-verify's verdict; its signal-based timeouts only where they work and harm no one (alarm_is_free:
-    always so in the child of `bounded`)."""
+    always so in a worker of CHECKS, which runs checks on its main thread)."""
     from math_verify import parse, verify  # here: importing math-verify (and sympy) takes seconds
 
     seconds = 1 if alarm_is_free() else None
@@ -81,11 +101,11 @@ def _tame(text: str) -> bool:
     return True
 
 
-@functools.cache
 def _warm() -> None:
-    """Runs a few checks in this process, once, at the first math reward (~0.5 s), so that math-verify's parsers
-    and caches and sympy's lazily imported simplifiers are built before any fork: each child inherits them, and a
-    check costs ~0.05 s, not 0.1-0.5 s."""
+    """Runs a few checks, once in each worker as it starts (~0.5 s), so that math-verify's parsers and caches
+    and sympy's lazily imported simplifiers are built before the first real check: then one costs ~5 ms."""
     for gold, pred in [("1", "1"), ("x^2+1", "3"), ("\\{1,2\\}", "(1,2)"), ("x>1", "x=1")]:
         _equal("\\boxed{" + gold + "}", "\\boxed{" + pred + "}")
 
+
+CHECKS = CheckPool(warm=_warm)
