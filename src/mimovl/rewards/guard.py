@@ -18,7 +18,6 @@ import logging
 import os
 import select
 import signal
-import threading
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -91,9 +90,3 @@ def _reap(pid: int, kill: bool) -> None:
         os.waitpid(pid, 0)
     except (ProcessLookupError, ChildProcessError):
         pass  # already gone, or reaped by the caller's own SIGCHLD handling
-
-
-def alarm_is_free() -> bool:
-    """True where signal.alarm may be used without harm: on the main thread (in a forked child, the thread that
-    forked) with no ITIMER_REAL timer of the caller pending (an alarm would cancel it)."""
-    return threading.current_thread() is threading.main_thread() and signal.getitimer(signal.ITIMER_REAL)[0] == 0

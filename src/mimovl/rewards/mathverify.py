@@ -10,7 +10,8 @@ characters, a run of more than MAX_DIGITS digits, brackets nested deeper than MA
 such as 10**10**10, an exponent of 5+ digits, a factorial of a factorial or of a 5+ digit number). The rest
 runs in CHECKS, a pool of long-lived worker processes (mimovl.rewards.pool), each check killed after TIMEOUT_S
 seconds: math-verify's own signal.alarm timeouts raise ValueError off the main thread, and even on it they
-cannot interrupt big-integer arithmetic (seen: `\\gcd(10^{10^{10}}, 6)` never returned).
+cannot interrupt big-integer arithmetic (seen: `\\gcd(10^{10^{10}}, 6)` and `\\gcd(10^{(10^{10})}, 6)`, which
+passes the filter, never returned).
 
     math_rewards(["\\boxed{17}", "0.5"], ["17", "\\frac{1}{2}"])   # [1.0, 1.0]: one batch, WORKERS checks at a time
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 
-from mimovl.rewards.guard import alarm_is_free, guarded
+from mimovl.rewards.guard import guarded
 from mimovl.rewards.parse import final_answer, last_boxed
 from mimovl.rewards.pool import CheckPool
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_MATH_CHARS = 512
 MAX_DIGITS = 40
 MAX_DEPTH = 12
-TIMEOUT_S = 3.0  # the whole check, in a worker; math-verify's own timeouts (1 s each) apply inside it
+TIMEOUT_S = 3.0  # the whole check, in a worker of CHECKS
 
 _POWER = r"(?:\^|\*\*)"
 _HUGE = re.compile(
@@ -76,14 +77,13 @@ def _pair(response, answer) -> tuple[str, str] | None:
 
 
 def _equal(gold: str, pred: str) -> bool:
-    """math-verify's verdict; its signal-based timeouts only where they work and harm no one (alarm_is_free:
-    always so in a worker of CHECKS, which runs checks on its main thread)."""
+    """math-verify's verdict, without its own signal.alarm timeouts: the worker's deadline (TIMEOUT_S) bounds the
+    check, and those 1 s alarms added only zeros for right answers on a busy machine (seen: 1 in 64 at load 7)."""
     from math_verify import parse, verify  # here: importing math-verify (and sympy) takes seconds
 
-    seconds = 1 if alarm_is_free() else None
-    gold_parsed = parse(gold, parsing_timeout=seconds)
-    pred_parsed = parse(pred, parsing_timeout=seconds)
-    return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=seconds))
+    gold_parsed = parse(gold, parsing_timeout=None)
+    pred_parsed = parse(pred, parsing_timeout=None)
+    return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
 def _tame(text: str) -> bool:
