@@ -21,7 +21,7 @@ from mimovl.metrics import any_rank, global_sum, log_present
 from mimovl.model.export import export_hf
 from mimovl.model.sharding import full_state_dict
 from mimovl.outputs import write_text
-from mimovl.rewards import TASKS
+from mimovl.rewards import TASKS, start_checks
 from mimovl.rl.data import RolloutRequest
 from mimovl.rl.sampling import EasyPool
 from mimovl.rl.step import RLConfig, rl_step, step_metrics
@@ -53,6 +53,7 @@ class RolloutCallback(pl.Callback):
     # ---- set-up and held-out scoring ----
 
     def on_fit_start(self, trainer: pl.Trainer, module) -> None:
+        start_checks()  # the math checks' worker pool warms while the engine loads
         reward = self.reward_config
         self.router = build_router(reward["models"], reward.get("timeout", 60.0), reward.get("retries", 3))
         self.processor = trainer.datamodule.processor
