@@ -62,19 +62,20 @@ def _model_name(cfg: DictConfig) -> str:
 
 def build_model(cfg: DictConfig, init: str | None):
     """(model, processor) for this stage: loaded from `init`, or built from cfg.model."""
-    settings = dict(cfg.model)
-    attention = settings.pop("attn", "auto")
-    settings.pop("logits_chunk", None)  # the stage module's (stage.module.logits_chunk)
+    attention = cfg.model.get("attn", "auto")
     require(attention in BACKENDS, "model.attn", attention, f"one of {BACKENDS}")
     if init is not None:
         log.info("starting from %s", init)
         model, processor = load_hf(init)
         check_chat_template(processor, f"stage.init_from={init}")
     else:
-        missing = [k for k in settings if OmegaConf.is_missing(cfg.model, k)]
+        missing = [k for k in cfg.model if OmegaConf.is_missing(cfg.model, k)]
         if missing:
             raise UsageError(f"this model config needs {', '.join(f'model.{k}=...' for k in missing)} "
                              "(conf/model/ says what each one is)")
+        settings = dict(cfg.model)
+        settings.pop("attn", None)
+        settings.pop("logits_chunk", None)  # the stage module's (stage.module.logits_chunk)
         if "path" in settings:
             check_checkpoint(settings["path"], "model.path")
         model, processor = hydra.utils.instantiate(settings)
