@@ -96,7 +96,7 @@ def test_text_modality_streams_only_text_only_pairs(tmp_path):
     shards = ensure_synthetic(tmp_path, n_per_type=16, types=("preference",))
     stream = PairStream({"p": {"urls": shards["preference"], "weight": 1.0}}, processor, seq_len=512,
                         pack_buffer=8, modality="text", seed=0, shuffle_buffer=1)
-    pairs = list(itertools.islice(stream.pairs(), 16))
+    pairs = [pair for _, pair in itertools.islice(stream.items(iter(stream.samples)), 16)]
     assert all(p.chosen.pixel_values is None and p.rejected.pixel_values is None for p in pairs)
     assert {processor.tokenizer.decode(p.chosen.input_ids[-1]) for p in pairs} == {"<|im_end|>"}
 
