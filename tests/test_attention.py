@@ -5,6 +5,8 @@ rows that mix images, a video, documents, chats and padding. The flash wiring ru
 real ones need CUDA) that computes what the kernel's contract says and records what it was called with.
 """
 
+import contextlib
+
 import pytest
 import torch
 
@@ -47,6 +49,16 @@ def stand_in(monkeypatch):
     kernel = StandIn()
     monkeypatch.setattr(attention, "varlen_kernel", lambda: kernel)
     return kernel
+
+
+@contextlib.contextmanager
+def _attending(model, backend: str):
+    """`model` on `backend` inside the block, back on the dense reference after it (the model is shared)."""
+    use_attention(model, backend)
+    try:
+        yield
+    finally:
+        use_attention(model, "sdpa_dense")
 
 
 @pytest.fixture(scope="module")
@@ -107,29 +119,18 @@ def test_flex_forward_equals_the_dense_mask_and_refuses_cpu_training(tiny):
     with torch.no_grad():
         use_attention(model, "sdpa_dense")
         reference = PackedVLM(model)(batch)
-        use_attention(model, "flex")
-        try:
+        with _attending(model, "flex"):
             torch.testing.assert_close(PackedVLM(model)(batch), reference, atol=1e-5, rtol=0)
-        finally:
-            use_attention(model, "sdpa_dense")
-    use_attention(model, "flex")
-    try:
-        with pytest.raises(UsageError, match="model.attn=flex has no backward on CPU"):
-            PackedVLM(model)(batch)
-    finally:
-        use_attention(model, "sdpa_dense")
+    with _attending(model, "flex"), pytest.raises(UsageError, match="model.attn=flex has no backward on CPU"):
+        PackedVLM(model)(batch)
 
 
 def test_flash_varlen_without_a_kernel_and_unknown_backends_are_refused(tiny):
     model, processor = tiny
     batch = _mixed_batch(processor)
     if attention.varlen_kernel() is None:
-        use_attention(model, "flash_varlen")
-        try:
-            with pytest.raises(UsageError, match="model.attn=flash_varlen needs CUDA"):
-                PackedVLM(model)(batch)
-        finally:
-            use_attention(model, "sdpa_dense")
+        with _attending(model, "flash_varlen"), pytest.raises(UsageError, match="model.attn=flash_varlen needs CUDA"):
+            PackedVLM(model)(batch)
     with pytest.raises(UsageError, match="model.attn"):
         use_attention(model, "flash_attention_2")
 

@@ -138,29 +138,28 @@ def part_attention(args) -> dict:
     return {"max_relative_logit_error": results}
 
 
-def part_s1(args) -> dict:
-    model = shaped_model("7b")
+def pretrain_step(args, shape: str, trainable: list[str] | None) -> dict:
+    """A pre-training step at `shape`, training `trainable` parts (None: everything): tokens/s, MFU, peak."""
+    model = shaped_model(shape)
     use_attention(model, "auto")
-    set_trainable(model, ["projector"])
+    if trainable is not None:
+        set_trainable(model, trainable)
     net = PackedVLM(model.train())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = cuda(packed_rows(model, args.rows, args.seq_len, generator=torch.Generator().manual_seed(0)))
     seconds, peak = timed_steps(net, batch, args.steps, optimizer)
     tokens = batch["input_ids"].numel()
-    return {"tokens_per_s": tokens / seconds, "mfu": flops_per_token(model, False) * tokens / seconds / peak_flops(),
-            "peak_gib": peak, "seconds_per_step": seconds}
+    flops = flops_per_token(model, trainable is None) * tokens
+    return {"tokens_per_s": tokens / seconds, "mfu": flops / seconds / peak_flops(), "peak_gib": peak,
+            "seconds_per_step": seconds}
+
+
+def part_s1(args) -> dict:
+    return pretrain_step(args, "7b", ["projector"])
 
 
 def part_s3(args) -> dict:
-    model = shaped_model("1.5b")
-    use_attention(model, "auto")
-    net = PackedVLM(model.train())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    batch = cuda(packed_rows(model, args.rows, args.seq_len, generator=torch.Generator().manual_seed(0)))
-    seconds, peak = timed_steps(net, batch, args.steps, optimizer)
-    tokens = batch["input_ids"].numel()
-    return {"tokens_per_s": tokens / seconds, "mfu": flops_per_token(model, True) * tokens / seconds / peak_flops(),
-            "peak_gib": peak, "seconds_per_step": seconds}
+    return pretrain_step(args, "1.5b", None)
 
 
 def part_rl(args) -> dict:
