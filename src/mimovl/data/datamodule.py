@@ -22,6 +22,7 @@ Before any worker starts, `check_rows_fit` reads a few samples of every source i
 import functools
 import itertools
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 
 import lightning.pytorch as pl
@@ -37,6 +38,9 @@ from mimovl.data.synthetic import ensure_synthetic
 from mimovl.errors import UsageError
 
 log = logging.getLogger(__name__)
+
+# torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates, on every iteration: not the user's concern.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 
 class PackedStream(IterableDataset):
