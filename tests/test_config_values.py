@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 MODELS = {"tiny": ["model=tiny"], "paper": ["model=mimo_vl_7b", "model.vit_path=/v", "model.llm_path=/l"]}
-STAGES = ["s1", "s2", "s3", "s4", "sft", "rm", "rm_text", "rl", "eval", "all"]
-SAMPLING_STAGES = ["rl", "eval", "all"]  # the stages that mount rl, rollout and reward
+STAGES = ["s1", "s2", "s3", "s4", "sft", "rm", "rm_text", "rl", "eval", "all", "study"]
+SAMPLING_STAGES = ["rl", "eval", "all", "study"]  # the stages that mount rl, rollout and reward
 
 S3_MIX = {"caption": 1.0, "interleaved": 1.0, "text": 1.0, "ocr": 1.0, "grounding": 1.0, "gui": 1.0, "video": 1.0,
           "qa": 1.0, "reasoning": 1.0}
@@ -67,6 +67,7 @@ EXPECTED = {
     ("tiny", "rl"): {**training(lr(2e-4), 1024, None, 20, False, batch_size=8), "stage.prepare": True, **TINY_RL},
     ("tiny", "eval"): {"stage.max_new_tokens": None, "stage.per_kind": 48, **TINY_RL},
     ("tiny", "all"): {"stage.stages": ALL_STAGES, **TINY_RL},
+    ("tiny", "study"): {"stage.update_tokens": 12000, "stage.steps": 60, "stage.prepare": True, **TINY_RL},
     # The report's numbers (model=mimo_vl_7b, model=hf); batch 1 x accumulate 8 is ours (launch.sbatch's before).
     ("paper", "s1"): training({"projector": 1e-3}, 8192, 300e9, None, True, 1, 8),
     ("paper", "s2"): training({"projector": 1e-4, "vit": 1e-5}, 8192, 167e9, None, True, 1, 8),
@@ -78,6 +79,8 @@ EXPECTED = {
     ("paper", "rl"): {**training(lr(1e-6), 40960, None, 500, True, batch_size=8), "stage.prepare": False, **PAPER_RL},
     ("paper", "eval"): {"stage.max_new_tokens": None, "stage.per_kind": 256, **PAPER_RL},
     ("paper", "all"): {"stage.stages": ALL_STAGES, **PAPER_RL},
+    ("paper", "study"): {"stage.update_tokens": 2_000_000_000, "stage.steps": 2000, "stage.prepare": False,
+                         **PAPER_RL},
 }
 
 SOURCES = ["caption", "interleaved", "ocr", "grounding", "gui", "video", "qa", "reasoning", "text", "preference"]
@@ -115,7 +118,7 @@ def test_each_stage_gets_the_recipe_numbers(scale, stage):
     assert got == EXPECTED[scale, stage]
     if stage in MIX:
         assert cfg["stage"]["mix"] == MIX[stage]
-    if stage not in ("eval", "all"):
+    if stage not in ("eval", "all", "study"):
         assert cfg["trainer"]["accumulate_grad_batches"] == cfg["stage"]["accumulate"]
     assert cfg["run_name"] == "mimo_vl" and "recipe" not in cfg
 

@@ -151,8 +151,9 @@ def test_stage_and_rl_settings_are_checked_where_read():
         with pytest.raises(UsageError, match=f"stage.{key}={value}: .*{fragment}"):
             stage_steps(OmegaConf.merge(stage, {key: value}), 1)
     for key, value in [("group_size", 1), ("prompts_per_step", 0), ("max_new_tokens", -1), ("max_rounds", 0),
-                       ("temperature", 0.0), ("easy_pool_probability", 1.5), ("top_p", 0.0)]:
-        with pytest.raises(UsageError, match=f"rl.{key}={value}"):
+                       ("temperature", 0.0), ("easy_pool_probability", 1.5), ("top_p", 0.0),
+                       ("tasks", ["algebra"]), ("tasks", []), ("update_tokens", 0)]:
+        with pytest.raises(UsageError, match=f"rl.{key}={re.escape(str(value))}"):
             RLConfig(**{key: value})
     with pytest.raises(UsageError, match="rl.group_sise: not an RL setting"):
         RLConfig.from_config({"group_sise": 8})

@@ -14,7 +14,7 @@ from mimovl.model.build import build_tiny
 from mimovl.rewards.router import RewardRouter
 from mimovl.rl.grpo import group_advantages
 from mimovl.rl.sampling import EasyPool
-from mimovl.rl.step import RLConfig, rl_step, step_metrics
+from mimovl.rl.step import RLConfig, rl_step, step_metrics, trained_tokens
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,11 @@ def test_a_step_is_reproducible_and_reports_its_own_rewards(policy):
     rewards = [r for g in first.groups for r in g.rewards]
     assert overall["reward/mean"] == pytest.approx(sum(rewards) / len(rewards))
     assert set(per_kind) == {f"{m}/{g.prompt.kind}" for g in first.groups
-                             for m in ("reward", "pass_rate", "length", "dropped")}
+                             for m in ("reward", "pass_rate", "length", "think", "dropped")}
     assert all(v == 0.0 for k, v in per_kind.items() if k.startswith("dropped/"))
+    texts = [c.text for g in first.groups for c in g.completions]
+    assert overall["think/mean"] == pytest.approx(sum("<think>" in t for t in texts) / len(texts))
+    assert trained_tokens(first) == sum(len(c.token_ids) for g in first.kept for c in g.completions) > 0
 
 
 def test_dynamic_sampling_refills_from_the_stream(policy):

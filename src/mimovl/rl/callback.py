@@ -16,18 +16,18 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from mimovl.generate.engines import Sampling
-from mimovl.generate.score import build_router, generate_and_score, sums_by_kind
+from mimovl.generate.score import build_router, generate_and_score
 from mimovl.metrics import any_rank, global_sum, log_present
 from mimovl.model.export import export_hf
 from mimovl.model.sharding import full_state_dict
 from mimovl.outputs import write_text
-from mimovl.rewards import TASKS, start_checks
+from mimovl.rewards import start_checks
 from mimovl.rl.data import RolloutRequest
 from mimovl.rl.sampling import EasyPool
-from mimovl.rl.step import RLConfig, rl_step, step_metrics
+from mimovl.rl.step import KINDS, RLConfig, rl_step, step_metrics, thinks, trained_tokens
 
 log = logging.getLogger(__name__)
-KINDS = (*TASKS, "open_text", "open_vision")  # what per-kind metrics are logged under
+HELDOUT = ("reward", "length", "think")  # what held-out scoring measures per kind
 
 
 class RolloutCallback(pl.Callback):
@@ -48,7 +48,10 @@ class RolloutCallback(pl.Callback):
         self.workdir, self.seed = Path(workdir), seed
         self.engine = self.router = self.processor = None
         self.pool = EasyPool(self.config.easy_pool_probability, self.config.easy_pool_size, seed)
-        self.rewards: dict[str, dict | None] = {"before": None, "after": None}  # held-out, per kind
+        # held-out figures (HELDOUT) per kind before and after RL; per step what it logged; tokens trained on
+        self.heldout: dict[str, dict | None] = {"before": None, "after": None}
+        self.history: list[dict] = []
+        self.trained_tokens = 0
 
     # ---- set-up and held-out scoring ----
 
@@ -66,29 +69,39 @@ class RolloutCallback(pl.Callback):
         # Here, not in on_fit_start: a checkpoint is fully restored (FSDP2 restores after on_fit_start).
         if trainer.is_global_zero:
             self._drop_rows_from(trainer.global_step)
+        self.history = [row for row in self.history if row["step"] < trainer.global_step]
         self._sync(module)
-        if self.rewards["before"] is None:  # a resumed run keeps the score of its real start
-            self.rewards["before"] = self.score_heldout(trainer)
-            log.info("held-out reward before RL: %s", self.rewards["before"])
+        if self.heldout["before"] is None:  # a resumed run keeps the score of its real start
+            self.heldout["before"] = self.score_heldout(trainer)
+            log.info("held-out before RL: %s", self.heldout["before"])
 
     def on_fit_end(self, trainer: pl.Trainer, module) -> None:
         self._sync(module)
-        self.rewards["after"] = self.score_heldout(trainer)
-        log.info("held-out reward after RL: %s", self.rewards["after"])
+        self.heldout["after"] = self.score_heldout(trainer)
+        log.info("held-out after RL: %s", self.heldout["after"])
 
     def state_dict(self) -> dict:
-        return {"easy_pool": self.pool.state_dict(), "rewards": self.rewards}
+        return {"easy_pool": self.pool.state_dict(), "heldout": self.heldout, "history": self.history,
+                "trained_tokens": self.trained_tokens}
 
     def load_state_dict(self, state: dict) -> None:
         if "easy_pool" in state:
             self.pool.load_state_dict(state["easy_pool"])
-        self.rewards.update(state.get("rewards", {}))
+        self.heldout.update(state.get("heldout", {}))
+        self.history = list(state.get("history", []))
+        self.trained_tokens = int(state.get("trained_tokens", 0))
 
     def summary(self) -> dict:
-        """summary.json's held-out reward per task before and after RL, and their means."""
-        before, after = self.rewards["before"] or {}, self.rewards["after"] or {}
-        return {"reward_before": before, "reward_after": after,
-                "mean_reward_before": _mean(before), "mean_reward_after": _mean(after)}
+        """summary.json's held-out figures per task before and after RL (reward, and their means; response
+        length in tokens; share of responses with a `<think>` part), the tokens trained on, and per step the
+        metrics it logged (`history`)."""
+        figures = {}
+        for when in ("before", "after"):
+            per_kind = self.heldout[when] or {}
+            for name in HELDOUT:
+                figures[f"{name}_{when}"] = {kind: row[name] for kind, row in per_kind.items()}
+            figures[f"mean_reward_{when}"] = _mean(figures[f"reward_{when}"])
+        return {**figures, "trained_tokens": self.trained_tokens, "history": self.history}
 
     def headline(self) -> str:
         summary = self.summary()
@@ -114,16 +127,23 @@ class RolloutCallback(pl.Callback):
         trainer.strategy.barrier()
         return directory
 
-    def score_heldout(self, trainer: pl.Trainer) -> dict[str, float]:
-        """Mean greedy reward per kind on the held-out prompts (all ranks' shares together)."""
+    def _accept(self, prompt) -> bool:
+        """Prompts this run trains and is scored on: something can score them, and `rl.tasks` takes them."""
+        return self.router.can_score(prompt) and self.config.trains_on(prompt)
+
+    def score_heldout(self, trainer: pl.Trainer) -> dict[str, dict[str, float]]:
+        """Per kind, over the held-out prompts (all ranks' shares together), greedy answers' mean reward,
+        length in tokens and share with a `<think>` part (HELDOUT)."""
         sampling = Sampling(n=1, temperature=0.0, max_new_tokens=self.config.heldout_max_new_tokens)
-        prompts = trainer.datamodule.heldout(self.router.can_score)
+        prompts = trainer.datamodule.heldout(self._accept)
         scored = generate_and_score(self.engine, self.router, prompts, sampling, self.processor)
-        sums = torch.zeros(2, len(KINDS), dtype=torch.float64)
-        for kind, (total, n) in sums_by_kind(scored).items():
-            sums[:, KINDS.index(kind)] = torch.tensor([total, n], dtype=torch.float64)
+        sums = torch.zeros(len(HELDOUT) + 1, len(KINDS), dtype=torch.float64)  # HELDOUT's sums, then counts
+        for row in scored:
+            figures = (row.reward, len(row.completion.token_ids), thinks(row.completion.text), 1)
+            sums[:, KINDS.index(row.prompt.kind)] += torch.tensor(figures, dtype=torch.float64)
         sums = global_sum(sums, trainer.strategy.root_device)
-        return {kind: float(sums[0, k] / sums[1, k]) for k, kind in enumerate(KINDS) if sums[1, k] > 0}
+        return {kind: {name: float(sums[i, k] / sums[-1, k]) for i, name in enumerate(HELDOUT)}
+                for k, kind in enumerate(KINDS) if sums[-1, k] > 0}
 
     # ---- one step ----
 
@@ -142,7 +162,7 @@ class RolloutCallback(pl.Callback):
         data, device = trainer.datamodule, trainer.strategy.root_device
         seed = self.seed + 1_000_003 * (trainer.global_step + 1) + 101 * trainer.global_rank
         step = rl_step(self._weights(module), self.engine, self.router,
-                       lambda k: data.draw(k, self.router.can_score), self.config, self.processor, self.pool,
+                       lambda k: data.draw(k, self._accept), self.config, self.processor, self.pool,
                        seed=seed, any_rank=lambda flag: any_rank(flag, device))
         step.minibatches = [[trainer.strategy.batch_to_device(micro) for micro in mb] for mb in step.minibatches]
         batch.answer(step)
@@ -153,11 +173,24 @@ class RolloutCallback(pl.Callback):
         if trainer.is_global_zero and self.config.table_every and trainer.global_step % self.config.table_every == 0:
             self._write_samples(trainer, step.kept)
 
+    def on_train_batch_end(self, trainer: pl.Trainer, module, outputs, batch: RolloutRequest, batch_idx: int) -> None:
+        """Counts the tokens trained on (all ranks) and stops the fit once `rl.update_tokens` are spent."""
+        device = trainer.strategy.root_device
+        self.trained_tokens += int(global_sum(torch.tensor(float(trained_tokens(batch.rollout())),
+                                                           dtype=torch.float64), device).item())
+        self.history[-1]["trained_tokens"] = self.trained_tokens
+        budget = self.config.update_tokens
+        if budget is not None and self.trained_tokens >= budget:
+            log.info("rl.update_tokens=%d spent (%d tokens trained on) after step %d: stopping", budget,
+                     self.trained_tokens, trainer.global_step)
+            trainer.should_stop = True
+
     # ---- what it reports ----
 
     def _log(self, module, step) -> None:
         per_kind, overall = step_metrics(step, self.config.pass_threshold)
         log_present(module, per_kind)  # only the kinds this step drew: no stale values for the others
+        self.history.append({"step": module.trainer.global_step, **overall, **per_kind})
         for name, value in overall.items():
             module.log(name, value, prog_bar=True, batch_size=1)
         timings = step.timings

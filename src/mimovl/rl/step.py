@@ -19,9 +19,12 @@ import torch
 from mimovl.errors import UsageError, require
 from mimovl.generate.engines import Sampling
 from mimovl.generate.prompts import Prompt
+from mimovl.rewards import TASKS
 from mimovl.rl.batch import rollout_batches
 from mimovl.rl.grpo import LossConfig, group_advantages
 from mimovl.rl.sampling import EasyPool, collect
+
+KINDS = (*TASKS, "open_text", "open_vision")  # what prompts are, for `rl.tasks` and per-kind metrics
 
 
 @dataclass
@@ -45,6 +48,8 @@ class RLConfig:
     pack_len: int = 1024
     share_prompt: bool = True
     micro_batch_rows: int = 0
+    tasks: list[str] | None = None
+    update_tokens: int | None = None
     loss: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -59,7 +64,18 @@ class RLConfig:
         require(0 < self.top_p <= 1, "rl.top_p", self.top_p, "must be in (0, 1]")
         for name in ("easy_pool_probability", "pass_threshold"):
             require(0 <= getattr(self, name) <= 1, f"rl.{name}", getattr(self, name), "must be in [0, 1]")
+        if self.tasks is not None:
+            require(isinstance(self.tasks, (list, tuple)) and len(self.tasks) > 0
+                    and all(task in KINDS for task in self.tasks), "rl.tasks", self.tasks,
+                    f"must be null (every task) or a non-empty list of kinds from {list(KINDS)}")
+            self.tasks = list(self.tasks)
+        require(self.update_tokens is None or (isinstance(self.update_tokens, int) and self.update_tokens > 0),
+                "rl.update_tokens", self.update_tokens, "must be null (no budget) or a positive integer")
         self.loss_config = LossConfig(**self.loss)
+
+    def trains_on(self, prompt: Prompt) -> bool:
+        """Whether `rl.tasks` takes this prompt (null: every kind)."""
+        return self.tasks is None or prompt.kind in self.tasks
 
     @classmethod
     def from_config(cls, rl: dict) -> "RLConfig":
@@ -158,7 +174,8 @@ def split(n: int, parts: int) -> list[list[int]]:
 
 def step_metrics(step: Step, pass_threshold: float) -> tuple[dict[str, float], dict[str, float]]:
     """(per-kind metrics of the kinds this step drew, overall metrics): mean reward, pass rate (reward >=
-    `pass_threshold`), mean response length; per kind also the share of groups dynamic sampling dropped."""
+    `pass_threshold`), mean response length in tokens, share of responses with a `<think>` part; per kind also
+    the share of groups dynamic sampling dropped."""
     by_kind = defaultdict(list)
     for group in step.groups:
         by_kind[group.prompt.kind].append(group)
@@ -172,7 +189,19 @@ def step_metrics(step: Step, pass_threshold: float) -> tuple[dict[str, float], d
 
 def _means(groups: list[Group], pass_threshold: float) -> dict[str, float]:
     rewards = [r for g in groups for r in g.rewards]
-    lengths = [len(c.token_ids) for g in groups for c in g.completions]
+    completions = [c for g in groups for c in g.completions]
+    n = max(len(completions), 1)
     return {"reward": sum(rewards) / max(len(rewards), 1),
             "pass_rate": sum(r >= pass_threshold for r in rewards) / max(len(rewards), 1),
-            "length": sum(lengths) / max(len(lengths), 1)}
+            "length": sum(len(c.token_ids) for c in completions) / n,
+            "think": sum(thinks(c.text) for c in completions) / n}
+
+
+def thinks(text: str) -> bool:
+    """Whether a response has a `<think>` part (the reasoning tasks' chain of thought)."""
+    return "<think>" in text
+
+
+def trained_tokens(step: Step) -> int:
+    """Response tokens this step trains on (the kept groups'): what `rl.update_tokens` counts."""
+    return sum(len(c.token_ids) for g in step.kept for c in g.completions)
