@@ -35,7 +35,7 @@ def tiny_hf_dir(tmp_path_factory):
 
 
 def _uses_vllm(item) -> bool:
-    starts_engine = {"vllm_engine", "programme"} & set(getattr(item, "fixturenames", ()))
+    starts_engine = {"vllm_engine", "programme", "study"} & set(getattr(item, "fixturenames", ()))
     return bool(starts_engine) or item.get_closest_marker("vllm") is not None
 
 
@@ -81,3 +81,19 @@ def programme(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("programme")
     return {**run_programme(root, *PROGRAMME), "root": root}
+
+
+# The interference study's small version: two tasks of different lengths (math answers think first), a budget a
+# few rollout steps spend, small groups.
+STUDY = ["stage.tasks=[math,grounding_box]", "stage.update_tokens=800", "stage.steps=4", "rl.group_size=4",
+         "rl.prompts_per_step=4", "rl.heldout_per_kind=8"]
+
+
+@pytest.fixture(scope="session")
+def study(programme) -> dict:
+    """`+recipe=mimo_vl stage=study` (STUDY) from the programme's stage-4 policy, under the programme's run root,
+    once per session; its summary, plus `dir`: the study's directory."""
+    from stagerun import run_study
+
+    summary = run_study(programme["root"], *PROGRAMME, *STUDY)
+    return {**summary, "dir": programme["root"] / "runs/mimo_vl/study"}

@@ -36,12 +36,25 @@ def run_programme(tmp: Path, *overrides: str) -> dict:
     """`+recipe=mimo_vl stage=all` in-process under tmp (tiny scale); returns the programme's summary."""
     from mimovl.programme import run_all
 
+    return _run_recipe(run_all, "all", tmp, *overrides)
+
+
+def run_study(tmp: Path, *overrides: str) -> dict:
+    """`+recipe=mimo_vl stage=study` in-process under tmp (tiny scale); returns the study's summary."""
+    from mimovl.study import run_study as run
+
+    return _run_recipe(run, "study", tmp, *overrides)
+
+
+def _run_recipe(runner, stage: str, tmp: Path, *overrides: str) -> dict:
+    """`+recipe=mimo_vl stage=<stage>` in-process under tmp, by a runner composing its stages from the same
+    overrides (stage.* overrides are the runner's own)."""
     base = [
         f"paths.runs_dir={tmp / 'runs'}", f"paths.data_dir={tmp / 'data'}", "logger=csv",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "+recipe=mimo_vl",
     ]
-    every = base + list(overrides)
+    every = base + [o for o in overrides if not o.startswith("stage.")]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=every + ["stage=all"])
-        return run_all(cfg, overrides=every)
+        cfg = compose(config_name="config", overrides=[*every, *overrides, f"stage={stage}"])
+        return runner(cfg, overrides=every)

@@ -8,7 +8,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 # Notebooks that read a finished programme run: each has its own test, with the `programme` fixture.
-NEEDS_A_RUN = {"read_a_run.ipynb"}
+NEEDS_A_RUN = {"read_a_run.ipynb", "interference.ipynb"}
 
 
 def execute(path: Path) -> None:
@@ -36,3 +36,12 @@ def test_read_a_run_notebook(programme, monkeypatch):
     rather than starting its own."""
     monkeypatch.setenv("MIMOVL_RUN", str(programme["root"] / "runs/mimo_vl"))
     execute(Path(__file__).resolve().parents[1] / "notebooks/read_a_run.ipynb")
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_interference_notebook(study, monkeypatch):
+    """interference.ipynb on the session's small study (the kernel inherits MIMOVL_STUDY)."""
+    monkeypatch.setenv("MIMOVL_STUDY", str(study["dir"]))
+    execute(Path(__file__).resolve().parents[1] / "notebooks/interference.ipynb")

@@ -63,6 +63,9 @@ def test_rl_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(programme
     assert resumed["steps"] == whole["steps"] == 6
     assert resumed["loss_history"] == pytest.approx(whole["loss_history"], abs=1e-6)
     assert resumed["reward_before"] == whole["reward_before"] and resumed["reward_after"] == whole["reward_after"]
+    # the per-step history and the tokens trained on (rl.update_tokens counts them) survive the kill, once each
+    assert [row["step"] for row in resumed["history"]] == list(range(6))
+    assert resumed["history"] == whole["history"] and resumed["trained_tokens"] == whole["trained_tokens"] > 0
     # Every step trained on the same prompts, drew the same responses and rewards; no step is listed twice.
     assert [(r["step"], r["key"], r["response"], r["reward"]) for r in rows(cut)] == \
            [(r["step"], r["key"], r["response"], r["reward"]) for r in rows(root / "runs/resume_whole")]
