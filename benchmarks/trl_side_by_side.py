@@ -3,7 +3,7 @@
 Needs a venv with trl (a throwaway one: trl is not a project dependency) that sees the project's packages:
 
     python3 -m venv /tmp/trlvenv
-    printf '%s\n' /work/main/.venv/lib/python3.11/site-packages "$PWD/src" \
+    printf '%s\n' "$PWD/.venv/lib/python3.11/site-packages" "$PWD/src" \
         > /tmp/trlvenv/lib/python3.11/site-packages/project.pth
     /tmp/trlvenv/bin/pip install --no-deps 'trl==1.16.*' accelerate datasets pandas pyarrow multiprocess
     /tmp/trlvenv/bin/python benchmarks/trl_side_by_side.py            # a fresh tiny policy
@@ -66,6 +66,7 @@ from mimovl.train import run  # noqa: E402
 PARTS = ("sync", "generate", "reward", "train")
 # Image prompts with rule rewards; an override merges into conf/stage/rl.yaml's mix, so the rest are set to 0.
 MIX = "{qa: 1.0, grounding: 1.0, gui: 0.0, video: 0.0, reasoning: 0.0, preference: 0.0}"
+TASKS = ("math", "counting", "grounding_box")  # the rule tasks of those sources: both sides train on these alone
 
 
 class StepClock(pl.Callback):
@@ -134,6 +135,7 @@ def mimovl_overrides(tmp: Path, policy: Path, rollout: str, steps: int, args) ->
         "data.heldout_generate.n_per_type=8", "rl.heldout_per_kind=0", "rl.table_every=0",
         "rl.dynamic_sampling=false", "rl.easy_pool_probability=0.0", f"rl.prompts_per_step={args.prompts}",
         f"rl.group_size={args.group}", f"rl.max_new_tokens={args.new_tokens}", f"stage.mix={MIX}",
+        f"rl.tasks=[{','.join(TASKS)}]",
         f"+callbacks.step_clock._target_={__name__}.StepClock",
         f"+callbacks.step_clock.path={tmp / rollout / 'steps.json'}",
         f"+callbacks.full_length._target_={__name__}.FullLength",
@@ -220,7 +222,7 @@ def main() -> None:
         data.prepare_data()
         reward = OmegaConf.to_container(first.reward, resolve=True)
         router = build_router(reward["models"], reward.get("timeout", 60.0), reward.get("retries", 3))
-        prompts = data.draw(args.prompts * steps, router.can_score)
+        prompts = data.draw(args.prompts * steps, lambda p: router.can_score(p) and p.kind in TASKS)
         assert all(p.task and p.sample["images"] for p in prompts), "expected image prompts with rule rewards"
         # Interleaved by side: mimovl's first engine, TRL, then mimovl's other engine.
         results = {}
