@@ -3,12 +3,14 @@ is Bradley-Terry's, an exported scorer equals the training model, and the HTTP s
 
 import itertools
 import json
+import logging
 import re
 import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from mimovl.data.packing import Row
 from mimovl.data.pairs import collate_pairs, encode_pair, is_text_only
-from mimovl.data.preference import PairStream
+from mimovl.data.preference import PairStream, PreferenceDataModule
 from mimovl.data.stream import mixed_stream
 from mimovl.data.synthetic import ensure_synthetic, make_sample
 from mimovl.model.build import build_tiny
@@ -24,7 +26,7 @@ from mimovl.model.parts import part_of
 from mimovl.rewards import client
 from mimovl.model.reward import RewardModelScorer
 from mimovl.rewards.client import HTTPRewardScorer, RewardServiceError
-from mimovl.stages.reward_model import RewardModule, pair_losses
+from mimovl.stages.reward_model import RewardModule, heldout_counts, pair_losses
 from mimovl.model.sharding import full_state_dict
 from stagerun import run_stage
 
@@ -75,8 +77,14 @@ def test_rm_ranks_heldout_pairs_far_better_than_chance(rm_run):
 
 def test_rm_text_trains_on_text_only_pairs(tmp_path):
     summary = run_stage(tmp_path, "stage=rm_text", "stage.max_steps=6", "data.generate.n_per_type=48",
-                        "+data.generate.types=[preference]")
+                        "+data.generate.types=[preference]", "data.heldout_generate.n_per_type=16",
+                        "stage.heldout_pairs=6")
     assert summary["steps"] == 6 and summary["modality"] == "text" and summary["pairs"] >= 6 * 2
+    # The held-out score after training is the exported scorer's on the same pairs: the first 6 text-only ones.
+    heldout = [s for s in mixed_stream({"h": {"urls": str(tmp_path / "data/synthetic/heldout/preference/*.tar")}},
+                                       seed=0, shuffle_buffer=0, resample=False) if is_text_only(s)][:6]
+    assert summary["heldout_pairs"] == 6
+    assert summary["heldout_accuracy"] == _accuracy(RewardModelScorer(summary["hf_dir"]), heldout)
     # No image reached the model: the trainable ViT and projector got zero gradients and kept their start values.
     start = build_tiny(seed=0)[0].state_dict()
     trained = Qwen2_5_VLForConditionalGeneration.from_pretrained(summary["hf_dir"]).state_dict()
@@ -106,6 +114,79 @@ def test_bradley_terry_loss_by_hand():
     # -log sigmoid(1) = log(1 + e^-1) = 0.313262, -log sigmoid(-1) = log(1 + e) = 1.313262, -log sigmoid(0) = log 2
     assert pair_losses(chosen, rejected).tolist() == pytest.approx([0.313262, 1.313262, 0.693147], abs=1e-6)
     assert pair_losses(chosen, rejected).mean().item() == pytest.approx(0.773224, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def heldout_shards(tmp_path_factory) -> str:
+    """8 held-out preference samples (colour, sum, count, manners, twice: half text-only) in one shard."""
+    root = tmp_path_factory.mktemp("heldout")
+    return ensure_synthetic(root, n_per_type=8, split="heldout", types=("preference",))["preference"][0]
+
+
+def _heldout_data(processor, heldout, modality: str = "vision", heldout_pairs: int = 256) -> PreferenceDataModule:
+    return PreferenceDataModule({}, {}, processor, seq_len=512, batch_size=2, modality=modality, heldout=heldout,
+                                heldout_pairs=heldout_pairs)
+
+
+def test_heldout_batches_hold_the_first_pairs_of_the_modality(heldout_shards):
+    processor = build_tiny(seed=0)[1]
+    batches = _heldout_data(processor, heldout_shards, heldout_pairs=5).heldout_batches()
+    assert sum(int(b["pairs"]) for b in batches) == 5
+    text = _heldout_data(processor, heldout_shards, modality="text").heldout_batches()
+    assert sum(int(b["pairs"]) for b in text) == 4 and all(b.get("pixel_values") is None for b in text)
+
+
+def test_a_missing_heldout_source_scores_nothing(heldout_shards, tmp_path, caplog):
+    processor = build_tiny(seed=0)[1]
+    assert _heldout_data(processor, None).heldout_batches() == []
+    assert _heldout_data(processor, heldout_shards, heldout_pairs=0).heldout_batches() == []
+    with caplog.at_level(logging.WARNING, logger="mimovl.data.preference"):
+        assert _heldout_data(processor, str(tmp_path / "none/*.tar")).heldout_batches() == []
+    assert "stage.heldout" in caplog.text and "matches no shard" in caplog.text
+
+
+class SequenceLength(torch.nn.Module):
+    """A stand-in reward model: each sequence's reward is its token count. Counts its forwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.forwards = 0
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        self.forwards += 1
+        segments = batch["segment_ids"]
+        return torch.cat([torch.bincount(row)[1:].float() for row in segments])  # row-major, segments 1, 2, ...
+
+
+def test_heldout_accuracy_by_hand(heldout_shards):
+    """With reward = length, a pair counts as ranked right exactly when its chosen answer is the longer one; each
+    rank scores its share and every rank runs the same number of forwards (FSDP2 needs that)."""
+    processor = build_tiny(seed=0)[1]
+    samples = list(mixed_stream({"h": {"urls": heldout_shards}}, seed=0, shuffle_buffer=0, resample=False))
+    pairs = [encode_pair(s, processor) for s in samples]
+    longer = sum(len(p.chosen) > len(p.rejected) for p in pairs)
+    assert 0 < longer < len(pairs)  # e.g. polite answers are longer, a wrong colour may be too
+    batches = _heldout_data(processor, heldout_shards).heldout_batches()
+    net = SequenceLength()
+    assert heldout_counts(net, batches, 0, 1, "cpu") == (longer, 8)
+    nets = [SequenceLength() for _ in range(3)]
+    shares = [heldout_counts(nets[rank], batches, rank, 3, "cpu") for rank in range(3)]
+    assert tuple(map(sum, zip(*shares))) == (longer, 8)
+    assert len({n.forwards for n in nets}) == 1 and nets[0].forwards == -(-len(batches) // 3)
+
+
+def test_rm_summary_reports_the_heldout_accuracy(heldout_shards):
+    """A head of zeros gives every answer reward 0: no pair is ranked right (a tie is not), accuracy exactly 0."""
+    model, processor = build_tiny(seed=0)
+    module = RewardModule(model, trainable=["llm"], lr={"llm": 1e-3}, head_lr=1e-3)
+    torch.nn.init.zeros_(module.net.head.weight)
+    for heldout, expected in [(heldout_shards, {"heldout_accuracy": 0.0, "heldout_pairs": 8}),
+                              (None, {"heldout_accuracy": None, "heldout_pairs": 0})]:
+        module.trainer = SimpleNamespace(datamodule=_heldout_data(processor, heldout), world_size=1, global_rank=0)
+        module.on_train_end()
+        assert module.net.training  # back in training mode
+        assert {k: module.summary()[k] for k in expected} == expected
+    assert "held-out pair accuracy None (0 pairs)" in module.headline()
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,16 @@ micro-batches of its accumulation window, as in PretrainModule). An optional cen
 center_coef * (r_chosen + r_rejected)^2, keeps rewards around 0 so that sigmoid(reward) spreads over [0, 1]
 instead of drifting to one end (the Bradley-Terry loss alone does not see a shift of every reward).
 Reported losses are the Bradley-Terry loss only; the pair accuracy is the share of pairs with
-r_chosen > r_rejected.
+r_chosen > r_rejected. At the end of training the module scores the held-out pairs of its data module
+(`PreferenceDataModule.heldout_batches`) the same way: `heldout_accuracy` and `heldout_pairs` in summary.json.
 """
+
+import logging
+import math
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from mimovl.data.packing import add_counts, dropped_counts, flat_counts
 from mimovl.metrics import finite_or_none, global_sum
@@ -19,10 +24,26 @@ from mimovl.model.reward import RewardModel
 from mimovl.stages.base import StageModule
 from mimovl.stages.optim import warmup_cosine
 
+log = logging.getLogger(__name__)
+
 
 def pair_losses(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """Per-pair Bradley-Terry loss -log sigmoid(chosen - rejected), in float32."""
     return F.softplus(rejected.float() - chosen.float())
+
+
+def heldout_counts(net, batches: list[dict], rank: int, world_size: int, device) -> tuple[int, int]:
+    """(pairs with r_chosen > r_rejected, pairs) of this rank's share of `batches` (batches rank, rank +
+    world_size, ...), scored by `net` as it is (the caller sets eval mode and no_grad). Every rank runs the same
+    number of forwards, as FSDP2 needs: a rank whose share runs out scores batch 0 again and leaves it out."""
+    correct = pairs = 0
+    for i in range(rank, math.ceil(len(batches) / world_size) * world_size, world_size):
+        batch = move_data_to_device(batches[i if i < len(batches) else 0], device)
+        rewards = net(batch).view(-1, 2)
+        if i < len(batches):
+            correct += int((rewards[:, 0] > rewards[:, 1]).sum())
+            pairs += len(rewards)
+    return correct, pairs
 
 
 class RewardModule(StageModule):
@@ -60,6 +81,7 @@ class RewardModule(StageModule):
                                       "real_tokens": 0, **dropped_counts()})
         self.save_hyperparameters(ignore=["model"])
         self._window = [0.0, 0.0, 0]  # loss sum, correct pairs, micro-batches of the window in progress
+        self.heldout = {"heldout_accuracy": None, "heldout_pairs": 0}  # written by on_train_end
 
     @property
     def model(self) -> RewardModel:
@@ -110,8 +132,21 @@ class RewardModule(StageModule):
         for name, value in flat_counts(self.data_counts).items():
             self.log(f"data/{name}", value, batch_size=1)
 
+    def on_train_end(self) -> None:
+        """Scores the data module's held-out pairs (each rank its share, in eval mode, without gradients)."""
+        batches = self.trainer.datamodule.heldout_batches()
+        training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            counts = heldout_counts(self.net, batches, self.global_rank, self.trainer.world_size, self.device)
+        self.net.train(training)
+        correct, pairs = global_sum(torch.tensor(counts, dtype=torch.float64, device=self.device)).tolist()
+        self.heldout = {"heldout_accuracy": correct / pairs if pairs else None, "heldout_pairs": int(pairs)}
+        log.info("held-out pair accuracy %s on %d pairs", self.heldout["heldout_accuracy"], pairs)
+
     def summary(self) -> dict:
-        """This stage's figures for summary.json: Bradley-Terry loss and pair accuracy per optimizer step."""
+        """This stage's figures for summary.json: Bradley-Terry loss and pair accuracy per optimizer step, and the
+        pair accuracy on held-out pairs after training (None when none were scored)."""
         accuracy = self.history["accuracy"]
         return {
             "modality": self.net.modality,
@@ -119,13 +154,15 @@ class RewardModule(StageModule):
             "first_accuracy": accuracy[0] if accuracy else None,
             "last_accuracy": accuracy[-1] if accuracy else None,
             "accuracy_history": accuracy,
+            **self.heldout,
             **self.data_counts,
         }
 
     def headline(self) -> str:
         s = self.summary()
         return (f"Bradley-Terry loss {s['first_loss']} -> {s['last_loss']}, "
-                f"pair accuracy {s['first_accuracy']} -> {s['last_accuracy']}")
+                f"pair accuracy {s['first_accuracy']} -> {s['last_accuracy']}, "
+                f"held-out pair accuracy {s['heldout_accuracy']} ({s['heldout_pairs']} pairs)")
 
     def export(self, directory, processor, state_dict: dict) -> None:
         """Writes the reward model directory (`mimovl.model.reward`); `state_dict` is `self.model`'s, full."""
