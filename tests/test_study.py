@@ -86,7 +86,8 @@ def test_the_arms_of_a_study():
                               "vanilla": {"epochs": 2, "clip_low": 0.2}})
     plan = arms(study, Path("/r/study"))
     assert plan == {
-        "single_math": ["rl.tasks=[math]", "rl.update_tokens=500", "stage.steps=7", "paths.output_dir=/r/study/single_math"],
+        "single_math": ["rl.tasks=[math]", "rl.update_tokens=500", "stage.steps=7",
+                        "paths.output_dir=/r/study/single_math"],
         "single_counting": ["rl.tasks=[counting]", "rl.update_tokens=500", "stage.steps=7",
                             "paths.output_dir=/r/study/single_counting"],
         "mix": ["rl.tasks=[math,counting]", "rl.update_tokens=500", "stage.steps=7", "paths.output_dir=/r/study/mix"],

@@ -3,7 +3,8 @@
     python src/run.py +recipe=mimo_vl stage=study
 
 From one SFT policy (stage 4's export; with `stage.prepare`, `mimovl.programme.run_stage` first trains the stages
-before it when it is missing), RL runs once per arm, each arm being stage=rl composed with the command's overrides plus its own:
+before it when it is missing), RL runs once per arm, each arm being stage=rl composed with the command's
+overrides plus its own:
 
     single_<task>   RL on that rule task alone (`rl.tasks=[<task>]`), for each task of `stage.tasks`
     mix             RL on all of `stage.tasks` together: the report's mixed on-policy RL
