@@ -39,11 +39,17 @@ def _uses_vllm(item) -> bool:
     return bool(starts_engine) or item.get_closest_marker("vllm") is not None
 
 
+def _uses_study(item) -> bool:
+    return "study" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(items):
     """Run the tests that start vLLM last. The in-process engine initialises torch.distributed (gloo, world
     size 1) and binds OpenMP threads for the rest of the session; a DataLoader worker forked after that hangs
-    (seen: test_train's stage chain, 65 s alone, still waiting after 430 s)."""
-    items.sort(key=_uses_vllm)
+    (seen: test_train's stage chain, 65 s alone, still waiting after 430 s). The study's tests come after all
+    of them: its arms reuse the programme's RL engine (one engine per config and process) and sync their own
+    weights into it, while test_rl reads what the RL run's last sync left there."""
+    items.sort(key=lambda item: (_uses_vllm(item), _uses_study(item)))
 
 
 # The engine settings of conf/rollout/vllm.yaml (seed 0): RL runs in the same session reuse this engine.
