@@ -128,7 +128,9 @@ def test_usage_errors_exit_with_status_2(tmp_path):
     (["+stage.mix.nosuch=1.0"], ["stage.mix names sources that data.sources does not define",
                                                  "nosuch"]),  # raised inside Hydra's instantiate
     (["stage=rl", "rl.group_size=1", "stage.init_from=null"], ["rl.group_size=1", "at least 2 responses"]),
-], ids=["negative-max-steps", "negative-tokens", "unknown-mix-source", "group-of-one"])
+    # checked before the tiny recipe would prepare stage 4 for it
+    (["+recipe=mimo_vl", "stage=study", "stage.tasks=[algebra]"], ["stage.tasks=['algebra']", "rule tasks"]),
+], ids=["negative-max-steps", "negative-tokens", "unknown-mix-source", "group-of-one", "study-unknown-task"])
 def test_wrong_values_end_in_one_usage_line_with_status_2(args, fragments, tmp_path):
     result = run_py(*args, SMALL_DATA, *QUICK, cwd=tmp_path, timeout=300)
     assert_one_message(result, *fragments)

@@ -30,10 +30,14 @@ DEFAULT_RUNNER = "mimovl.train.run"  # what runs a stage whose YAML names no `st
 
 def run_stage(cfg: DictConfig) -> dict:
     """Runs `cfg.stage.runner` (training by default) and returns its summary; with `stage.prepare`, first the
-    stages before it whose exports are missing (`prepare_previous`)."""
+    stages before it whose exports are missing (`prepare_previous`). A runner with a `check(cfg)` attribute has
+    its settings checked before anything is prepared (a wrong value costs no training)."""
+    runner = _runner(cfg)
+    if hasattr(runner, "check"):
+        runner.check(cfg)
     if cfg.stage.get("prepare"):
         prepare_previous(cfg)
-    return _runner(cfg)(cfg)
+    return runner(cfg)
 
 
 def _runner(cfg: DictConfig):

@@ -113,6 +113,9 @@ def study_summary(tasks: list[str], done: dict[str, dict], update_tokens: int, v
     }
 
 
+run_study.check = lambda cfg: check_study(cfg.stage)  # mimovl.programme.run_stage: before preparing s4
+
+
 def format_study(table: dict[str, dict]) -> str:
     """The per-task table as aligned text: rewards, then mean lengths, before and after each arm."""
     head = "".join(f"{c:>9}" for c in TABLE_COLUMNS)
