@@ -31,8 +31,8 @@ from mimovl.outputs import write_json
 from mimovl.programme import compose_stage, run_stage
 from mimovl.rewards import TASKS
 
-ARMS = ("single", "mix", "vanilla")  # what each table column after "before" comes from
 TABLE_COLUMNS = ("before", "single", "mix", "vanilla")  # held-out reward; then lengths and think shares likewise
+ARMS = TABLE_COLUMNS[1:]  # the columns an arm's "after" figures fill
 
 
 def run_study(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
