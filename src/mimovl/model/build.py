@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from mimovl.model.mrope import use_reference_positions
 from mimovl.model.processor import (
     MERGE_SIZE,
     PATCH_SIZE,
@@ -123,6 +124,7 @@ def build_tiny(
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config = generation_config(tokenizer)
+    use_reference_positions(model)
     return model.to(as_dtype(dtype)), processor
 
 
@@ -144,5 +146,6 @@ def load_hf(
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(path), dtype=as_dtype(dtype), local_files_only=True
     )
+    use_reference_positions(model)
     log.info("loaded %s (%.1fM parameters)", path, sum(p.numel() for p in model.parameters()) / 1e6)
     return model, load_processor(path)

@@ -30,6 +30,7 @@ from transformers import (
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
 from mimovl.model.build import as_dtype, check_hf_dir, generation_config, mrope_section, token_ids
+from mimovl.model.mrope import use_reference_positions
 from mimovl.model.processor import CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,9 @@ def _allocate(config: Qwen2_5_VLConfig, dtype: torch.dtype) -> Qwen2_5_VLForCond
             model = Qwen2_5_VLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(default)
-    return model.to_empty(device="cpu")
+    model = model.to_empty(device="cpu")
+    use_reference_positions(model)
+    return model
 
 
 def _load_into(model: torch.nn.Module, sources: dict[str, tuple[Path, str]], what: str) -> None:

@@ -12,6 +12,7 @@ import torch
 from mimovl.data.encode import IMAGE, TEXT, VIDEO
 from mimovl.model.attention import Layout, block_causal_mask, is_varlen
 from mimovl.model.logits import chunked_token_losses
+from mimovl.model.mrope import rope_index
 
 
 def _runs(types: torch.Tensor, value: int) -> int:
@@ -21,7 +22,7 @@ def _runs(types: torch.Tensor, value: int) -> int:
 
 
 def packed_position_ids(model, batch: dict) -> torch.Tensor:
-    """(4, B, L): a per-sample text position row, then the three MRoPE rows from the model's own get_rope_index.
+    """(4, B, L): a per-sample text position row, then the three MRoPE rows (`mimovl.model.mrope.rope_index`).
 
     A branch (`prefix_ids` > 0) continues from its prefix: its positions are those it would have packed right
     after the prefix (what vLLM gives the response tokens of that prompt)."""
@@ -53,8 +54,8 @@ def packed_position_ids(model, batch: dict) -> torch.Tensor:
                           "second_per_grid_ts": [next(grids["second_per_grid_ts"]) for _ in range(n_videos)]}
                 seen[segment] = (start, end, vision)
                 span = torch.arange(start, end, device=input_ids.device)
-            rope, _ = model.model.get_rope_index(
-                input_ids=input_ids[b, span][None], mm_token_type_ids=types[b, span][None],
+            rope, _ = rope_index(
+                model.model, input_ids=input_ids[b, span][None], mm_token_type_ids=types[b, span][None],
                 **{key: torch.stack(values) if values else None for key, values in vision.items()},
             )
             own = slice(len(span) - (end - start), len(span))
