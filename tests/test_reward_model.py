@@ -68,8 +68,8 @@ def test_rm_ranks_heldout_pairs_far_better_than_chance(rm_run):
     text_only = [s for s in heldout if is_text_only(s)]
     multimodal = [s for s in heldout if not is_text_only(s)]
     assert len(text_only) == len(multimodal) == 100
-    # Measured (chance 0.5): 0.90 overall; text-only 0.97 (sums 0.94, manners 1.0), multimodal 0.83 (colours 1.0,
-    # counts 0.66).
+    # Measured (chance 0.5) at seeds 0, 1, 2 (conf/stage/rm.yaml): overall 0.905, 0.89, 0.835; text-only 0.96, 0.98,
+    # 0.82; multimodal 0.85, 0.80, 0.85.
     accuracy = {"all": _accuracy(scorer, heldout), "text": _accuracy(scorer, text_only),
                 "vision": _accuracy(scorer, multimodal)}
     assert accuracy["all"] >= 0.75 and accuracy["text"] >= 0.8 and accuracy["vision"] >= 0.7, accuracy
