@@ -16,7 +16,7 @@ from types import MethodType
 
 import torch
 
-from mimovl.data.encode import TEXT, VIDEO
+from mimovl.data.encode import IMAGE, TEXT, VIDEO
 
 
 def rope_index(model, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor,
@@ -27,7 +27,7 @@ def rope_index(model, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor,
     `model` is that `Qwen2_5_VLModel` (its config and `get_vision_position_ids` are used)."""
     merge = model.config.vision_config.spatial_merge_size
     tokens_per_second = model.config.vision_config.tokens_per_second
-    grids = {1: iter(image_grid_thw if image_grid_thw is not None else ()),
+    grids = {IMAGE: iter(image_grid_thw if image_grid_thw is not None else ()),
              VIDEO: iter(video_grid_thw if video_grid_thw is not None else ())}
     seconds = iter(second_per_grid_ts if second_per_grid_ts is not None else ())
     rows, length = input_ids.shape
