@@ -62,3 +62,10 @@ def test_loaded_models_use_the_rule_in_their_own_forward(tiny):
                                                   video_grid_thw=inputs["video_grid_thw"],
                                                   second_per_grid_ts=inputs["second_per_grid_ts"])
     assert not torch.equal(used, library)  # the case the rule exists for: text after a video
+
+
+def test_a_video_without_its_grid_is_an_error(tiny):
+    model, _ = tiny
+    types = torch.tensor([[TEXT] * 2 + [VIDEO] * 4])
+    with pytest.raises(ValueError, match="more videos than the grids"):
+        rope_index(model.model, torch.zeros_like(types), types)

@@ -46,7 +46,10 @@ def rope_index(model, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor,
             if kind == TEXT:
                 piece = torch.arange(end - start, device=input_ids.device).expand(3, -1) + current
             else:
-                grid = next(grids[kind])
+                grid = next(grids[kind], None)
+                if grid is None:
+                    raise ValueError(f"mm_token_type_ids mark more {'videos' if kind == VIDEO else 'images'} "
+                                     "than the grids given")
                 interval = tokens_per_second * float(next(seconds, 1.0)) if kind == VIDEO else 1.0
                 piece = model.get_vision_position_ids(current, grid, 1, merge, interval, device=input_ids.device)
             pieces.append(piece)
