@@ -49,18 +49,11 @@ def test_images_are_placed_as_transformers_places_them(tiny, make_image):
 
 def test_loaded_models_use_the_rule_in_their_own_forward(tiny):
     model, processor = tiny
-    sample = make_sample("video", 0, split="heldout")
-    inputs = encode_prompt(to_prompt(sample).sample, processor)
-    used, _ = model.model.get_rope_index(input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-                                         video_grid_thw=inputs["video_grid_thw"],
-                                         second_per_grid_ts=inputs["second_per_grid_ts"])
-    expected, _ = rope_index(model.model, inputs["input_ids"], inputs["mm_token_type_ids"],
-                             video_grid_thw=inputs["video_grid_thw"], second_per_grid_ts=inputs["second_per_grid_ts"])
-    assert torch.equal(used, expected)
-    library, _ = type(model.model).get_rope_index(model.model, input_ids=inputs["input_ids"],
-                                                  mm_token_type_ids=inputs["mm_token_type_ids"],
-                                                  video_grid_thw=inputs["video_grid_thw"],
-                                                  second_per_grid_ts=inputs["second_per_grid_ts"])
+    inputs = encode_prompt(to_prompt(make_sample("video", 0, split="heldout")).sample, processor)
+    args = {key: inputs[key] for key in ("input_ids", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts")}
+    used, _ = model.model.get_rope_index(**args)
+    assert torch.equal(used, rope_index(model.model, **args)[0])
+    library, _ = type(model.model).get_rope_index(model.model, **args)
     assert not torch.equal(used, library)  # the case the rule exists for: text after a video
 
 
