@@ -109,7 +109,7 @@ def test_recipe_on_the_tiny_model_is_the_cpu_rehearsal():
     s4 = _resolve(_compose("+recipe=mimo_vl", "stage=s4"))["stage"]
     assert s4["seq_len"] == 1024 and s4["steps"] == 220 and not s4["module"]["activation_checkpointing"]
     rl = _resolve(_compose("+recipe=mimo_vl", "stage=rl"))
-    assert rl["stage"]["steps"] == 20 and rl["rl"]["max_new_tokens"] == 32 and rl["rollout"]["dtype"] == "float32"
+    assert rl["stage"]["steps"] == 60 and rl["rl"]["max_new_tokens"] == 32 and rl["rollout"]["dtype"] == "float32"
     # command-line overrides win over the recipe
     assert _resolve(_compose("+recipe=mimo_vl", "stage=rl", "stage.steps=2"))["stage"]["steps"] == 2
 

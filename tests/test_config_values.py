@@ -64,7 +64,7 @@ EXPECTED = {
     ("tiny", "sft"): training(lr(1e-4), 1024, None, 100, False),
     ("tiny", "rm"): {**training(lr(5e-4), 512, None, 200, False), "stage.module.head_lr": 3e-3},
     ("tiny", "rm_text"): training(lr(1e-3), 512, None, 100, False),
-    ("tiny", "rl"): {**training(lr(2e-4), 1024, None, 20, False, batch_size=8), "stage.prepare": True, **TINY_RL},
+    ("tiny", "rl"): {**training(lr(2e-4), 1024, None, 60, False, batch_size=8), "stage.prepare": True, **TINY_RL},
     ("tiny", "eval"): {"stage.max_new_tokens": None, "stage.per_kind": 48, **TINY_RL},
     ("tiny", "all"): {"stage.stages": ALL_STAGES, **TINY_RL},
     ("tiny", "study"): {"stage.update_tokens": 12000, "stage.steps": 60, "stage.prepare": True, **TINY_RL},

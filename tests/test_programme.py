@@ -23,7 +23,7 @@ def test_programme_runs_every_stage_from_the_previous_export(programme):
         assert summaries[stage]["init_from"] == str(Path(programme["stages"][previous]) / "hf"), stage
     # the tiny scale's step counts (conf/recipe_values/mimo_vl/tiny/), not the stage files' defaults
     assert [summaries[s]["steps"] for s in ("s1", "s2", "s3", "s4", "rm_text", "rm", "rl")] == [
-        30, 30, 40, 220, 100, 200, 20]
+        30, 30, 40, 220, 100, 200, 60]
     assert summaries["s4"]["last_loss"] < summaries["s1"]["first_loss"]
     for stage in STAGES[:-1]:
         assert (Path(programme["stages"][stage]) / "hf/config.json").exists(), stage
@@ -57,6 +57,31 @@ def test_programme_table_reports_rl_and_eval_per_task(programme):
     assert programme["mean_reward_after"] > programme["mean_reward_before"]
     written = json.loads((programme["root"] / "runs/mimo_vl/all/summary.json").read_text())
     assert written["table"] == table
+
+
+# Held-out reward gained by RL (48 greedy prompts per task), this programme's settings at seeds 0 / 1 / 2 with one
+# thread (OMP_NUM_THREADS=1), then seed 0 with two (this test's run on a 2-core machine):
+#   counting            +0.167 / +0.125 / +0.250,  +0.167
+#   open_text           +0.630 / +0.556 / +0.426,  +0.427   (the text reward model's task)
+#   open_vision         +0.144 / +0.054 / +0.258,  +0.024   (the multimodal reward model's task)
+#   grounding_box       +0.066 / +0.046 / -0.097,  +0.060
+#   grounding_point     -0.062 / -0.021 / +0.021,  +0.000
+#   math                +0.000 / +0.000 / +0.021,  -0.021
+#   temporal_grounding  +0.101 / -0.007 / -0.025,  +0.081
+# Counting and open_text are well above seed noise and asserted below their smallest gain; open_vision gains in
+# every run but by as little as 0.024. The other rule tasks are within noise: the tiny SFT policy answers them
+# without reading the picture (benchmarks/image_reliance.py), so RL can only move a constant answer per task
+# (benchmarks/learnability.py measures which tasks a tiny model can learn to read).
+MIN_GAIN = {"counting": 0.06, "open_text": 0.2}
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_rl_gains_on_the_tasks_it_learns(programme):
+    table = programme["table"]
+    gains = {task: table[task]["after_rl"] - table[task]["before_rl"] for task in MIN_GAIN}
+    assert all(gains[task] > margin for task, margin in MIN_GAIN.items()), gains
 
 
 @pytest.mark.vllm

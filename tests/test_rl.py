@@ -19,23 +19,12 @@ from mimovl.rl.data import PromptDataModule
 from mimovl.generate.engines import HFRollout, Sampling, VLLMRollout
 
 TASK_MIX = "{qa: 1.0, reasoning: 1.0, grounding: 1.0, gui: 1.0, video: 1.0}"
-# What RL at the tiny scale reliably does to the held-out reward (48 greedy prompts per task), measured on this
-# machine kind over four runs that differ only in float rounding (attention backend, chunked logits, shared
-# prompts: all equal to 1e-6 per step, chaotic over a programme) and in the RL step count (20, 60):
-#   mean over all seven tasks:  +0.040, +0.011, +0.010 (60 steps), +0.021, and one older run with rule tasks +0.073
-#   open_text (the text reward model's task):  +0.092, +0.118, and +0.178 / +0.099 / +0.076 over three seeds
-#   on simplified rule tasks
-#   grounding_box (a dense reward, size-matched GIoU):  +0.014, +0.036, +0.050, +0.055, then 0.000 (after the
-#   reward model's retuning) and -0.26 / -0.16 / -0.19 over three seeds on simplified tasks
-# Rule-task learning at this scale is within seed noise: the SFT policy does not read its images (its answer's
-# likelihood is the same under another sample's image: benchmarks/image_reliance.py), so GRPO only moves a
-# constant answer per task. It is not asserted here; the text reward model's task does learn.
+# The held-out gain per task, over seeds, and which tasks are asserted: tests/test_programme.py (MIN_GAIN).
 ALL_TASKS = ("math", "counting", "grounding_box", "grounding_point", "temporal_grounding", "open_text",
              "open_vision")
 RULE_TASKS = ALL_TASKS[:5]
-MIN_GAIN = 0.005
-MIN_TEXT_GAIN = 0.04
-# The programme (all stages at the tiny scale) takes about 6-8 minutes on 2 free cores; a test's timeout
+MIN_GAIN = 0.05  # the mean over every task: +0.149 / +0.108 / +0.122 (seeds 0-2, one thread), +0.105 (seed 0, two)
+# The programme (all stages at the tiny scale) takes about 4-5 minutes on 2 free cores; a test's timeout
 # includes its fixtures.
 FIXTURE_TIMEOUT = 1800
 
@@ -60,7 +49,6 @@ def test_rl_raises_the_heldout_reward(rl_run):
     gain = sum(after[t] - before[t] for t in ALL_TASKS) / len(ALL_TASKS)
     print(f"held-out reward: {json.dumps(before)} -> {json.dumps(after)}, mean gain {gain:.3f}")
     assert gain > MIN_GAIN, (before, after)
-    assert after["open_text"] - before["open_text"] > MIN_TEXT_GAIN, (before, after)
     written = json.loads((Path(rl_run["output_dir"]) / "summary.json").read_text())
     assert written["reward_after"] == after
     assert (Path(rl_run["output_dir"]) / "rollouts.jsonl").stat().st_size > 0

@@ -9,6 +9,7 @@ batch may take several optimizer steps.
 
 import copy
 import time
+import warnings
 
 import torch
 from transformers import get_constant_schedule_with_warmup
@@ -21,6 +22,11 @@ from mimovl.model.parts import param_groups
 from mimovl.rl.data import RolloutRequest
 from mimovl.rl.grpo import LossConfig, policy_loss
 from mimovl.stages.base import StageModule
+
+# A step's checkpoint holds the weights after its optimizer steps: what a resumed run continues from (it starts at
+# the next step; tests/test_rl_resume.py), so Lightning's notice that the state is not the pre-optimization one
+# is not news.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
 
 
 class GRPOModule(StageModule):
