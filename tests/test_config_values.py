@@ -164,7 +164,7 @@ def test_command_line_overrides_win_over_the_recipe():
     assert (s3["steps"], s3["batch_size"], s3["seq_len"], s3["datamodule"]["seq_len"]) == (2, 4, 4096, 4096)
     assert s3["tokens"] == 1.4e12 and s3["accumulate"] == 8  # the rest stays the recipe's
     rl = resolved("+recipe=mimo_vl", "stage=rl", "rl.group_size=4", "++stage.max_steps=2", "rollout=hf")
-    assert (rl["rl"]["group_size"], rl["stage"]["max_steps"], rl["stage"]["steps"]) == (4, 2, 20)
+    assert (rl["rl"]["group_size"], rl["stage"]["max_steps"], rl["stage"]["steps"]) == (4, 2, 60)
     assert rl["rl"]["max_new_tokens"] == 32 and rl["rollout"]["_target_"].endswith("HFRollout.from_policy")
     everything = resolved("+recipe=mimo_vl", "stage=all", "++stage.max_steps=2", "rl.group_size=4")
     assert everything["stage"]["max_steps"] == 2 and everything["rl"]["group_size"] == 4
