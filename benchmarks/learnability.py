@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from huggingface_hub.errors import StrictDataclassError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -26,34 +27,36 @@ sys.path.insert(0, str(ROOT / "src"))
 from mimovl.data.encode import IGNORE, encode  # noqa: E402
 from mimovl.data.synthetic import make_sample  # noqa: E402
 from mimovl.data.synthetic.tasks import _MAKERS  # noqa: E402
+from mimovl.data.packing import Row, collate_rows  # noqa: E402
 from mimovl.model.build import build_tiny  # noqa: E402
+from mimovl.model.packed import PackedVLM  # noqa: E402
 
 
-def answer_loss(model, processor, sample: dict) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy of the sample's learned (answer) tokens, teacher-forced, and their number."""
-    enc = encode(sample, processor)
-    logits = model(input_ids=enc.input_ids[None], pixel_values=enc.pixel_values, image_grid_thw=enc.image_grid_thw,
-                   mm_token_type_ids=enc.mm_token_type_ids[None], pixel_values_videos=enc.pixel_values_videos,
-                   video_grid_thw=enc.video_grid_thw, second_per_grid_ts=enc.second_per_grid_ts).logits
-    learned = enc.targets != IGNORE
-    loss = torch.nn.functional.cross_entropy(logits[0][learned].float(), enc.targets[learned], reduction="sum")
-    return loss, int(learned.sum())
+def answer_loss(vlm: PackedVLM, processor, samples: list[dict]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of the samples' learned (answer) tokens and their number, through the packed forward
+    the training stages use (the samples in one row)."""
+    encoded = [encode(s, processor) for s in samples]
+    batch = collate_rows([Row(samples=encoded)], sum(map(len, encoded)), processor.tokenizer.pad_token_id)
+    learned = batch["targets"] != IGNORE
+    return vlm(batch, positions=learned, losses=True).sum(), int(learned.sum())
 
 
 def swapped(sample: dict, other: dict) -> dict:
     return {**sample, "images": other["images"], "videos": other["videos"]}
 
 
-def parse_model(pairs: list[str]) -> dict:
-    """build_tiny keyword arguments from key=value pairs (values read as YAML, and 1e6 as a number)."""
-    kwargs = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            kwargs[key] = float(value) if "e" in value.lower() else yaml.safe_load(value)
-        except ValueError:
-            kwargs[key] = yaml.safe_load(value)
-    return kwargs
+def parse_value(text: str):
+    """A key=value override's value: YAML (4, [1], true), and 1e6 as a number (YAML reads it as a string)."""
+    value = yaml.safe_load(text)
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def fail(message: str) -> None:
+    print(f"[mimovl] error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main() -> None:
@@ -69,20 +72,28 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", default=[], help="build_tiny key=value overrides")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    if args.type not in _MAKERS:
+        fail(f"--type {args.type}: not a synthetic sample type ({', '.join(sorted(_MAKERS))})")
     variants = len(_MAKERS[args.type])
     if not 0 <= args.variant < variants:
-        raise SystemExit(f"[mimovl] error: --type {args.type} has {variants} variant(s)")
+        fail(f"--variant {args.variant}: --type {args.type} has {variants} variant(s), 0 to {variants - 1}")
     index = lambda k: k * variants + args.variant  # noqa: E731
-    kwargs = parse_model(args.model)
-    model, processor = build_tiny(seed=args.seed, **kwargs)
+    kwargs = {key: parse_value(value) for key, _, value in (pair.partition("=") for pair in args.model)}
+    try:
+        model, processor = build_tiny(seed=args.seed, **kwargs)
+    except (TypeError, ValueError, StrictDataclassError) as error:
+        fail(f"--model {' '.join(args.model)}: {' '.join(str(error).split())}")
+    vlm = PackedVLM(model.train())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     held = [make_sample(args.type, index(k), split="heldout") for k in range(args.heldout + 1)]
+    if not (held[0]["images"] or held[0]["videos"]) or not (encode(held[0], processor).targets != IGNORE).any():
+        fail(f"--type {args.type}: its samples have no picture or no answer to learn")
 
     def evaluate() -> tuple[float, float]:
         model.eval()
         with torch.no_grad():
-            own = sum(float(answer_loss(model, processor, s)[0]) for s in held[:-1])
-            other = sum(float(answer_loss(model, processor, swapped(s, nxt))[0]) for s, nxt in zip(held, held[1:]))
+            own = sum(float(answer_loss(vlm, processor, [s])[0]) for s in held[:-1])
+            other = sum(float(answer_loss(vlm, processor, [swapped(s, nxt)])[0]) for s, nxt in zip(held, held[1:]))
         model.train()
         return own / args.heldout, other / args.heldout
 
@@ -98,8 +109,8 @@ def main() -> None:
             break
         optimizer.zero_grad()
         samples = [make_sample(args.type, index(step * args.batch + b), seed=args.seed + 1) for b in range(args.batch)]
-        losses, tokens = zip(*(answer_loss(model, processor, s) for s in samples))
-        (sum(losses) / sum(tokens)).backward()
+        loss, tokens = answer_loss(vlm, processor, samples)
+        (loss / tokens).backward()
         optimizer.step()
 
 
